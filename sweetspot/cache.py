@@ -1,0 +1,159 @@
+"""A content-addressed stage cache, like a build system's.
+
+An entry's key hashes its stage name, its own config node and the keys of its inputs, so a run
+whose upstream config is unchanged finds the upstream tables already there (a sweep over
+``selection=`` samples once). An entry becomes visible only by an atomic rename of a finished
+folder, and carries ``meta.json`` (config, inputs, per-file sha256) which is checked before use:
+a torn or corrupted entry is moved aside and recomputed, never read. Stages that write shards
+keep them in ``<key>.partial/`` so a killed run resumes at the first missing shard. A file lock
+per key makes jobs of one sweep that share the folder compute each entry once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+META = "meta.json"
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable hash of a JSON-able object (dict keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Entry:
+    stage: str
+    key: str
+    path: Path
+    meta: dict
+    reused: bool
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+@dataclass
+class StageContext:
+    """What a stage's compute function may write: ``out_dir`` (the entry's files) and
+    ``partial_dir`` (shards that survive a kill)."""
+
+    out_dir: Path
+    partial_dir: Path
+
+
+class StageCache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def key(self, stage: str, config: Any, inputs: list[str]) -> str:
+        return fingerprint({"v": CACHE_VERSION, "stage": stage, "config": config, "inputs": inputs})
+
+    def entry_dir(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def lookup(self, stage: str, key: str) -> Entry | None:
+        """A complete, verified entry, or None (a damaged one is moved aside)."""
+        path = self.entry_dir(stage, key)
+        if not path.exists():
+            return None
+        problem = self._verify(path)
+        if problem is None:
+            meta = json.loads((path / META).read_text())
+            return Entry(stage, key, path, meta, reused=True)
+        aside = path.with_name(f"{key}.corrupt-{int(time.time())}")
+        log.warning(
+            "cache entry %s is damaged (%s); moved to %s, recomputing", path, problem, aside
+        )
+        os.rename(path, aside)
+        return None
+
+    def _verify(self, path: Path) -> str | None:
+        meta_path = path / META
+        if not meta_path.is_file():
+            return "no meta.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            return f"meta.json unreadable: {e}"
+        for name, digest in meta.get("files", {}).items():
+            f = path / name
+            if not f.is_file():
+                return f"missing {name}"
+            if file_sha256(f) != digest:
+                return f"checksum mismatch in {name}"
+        return None
+
+    def get_or_compute(
+        self,
+        stage: str,
+        config: Any,
+        inputs: list[str],
+        compute: Callable[[StageContext], dict | None],
+    ) -> Entry:
+        """Return the entry for (stage, config, inputs), computing it under a lock if absent.
+
+        ``compute`` writes its files into ``ctx.out_dir`` and may return extra metadata
+        (counts, timings) that is stored in ``meta.json``.
+        """
+        key = self.key(stage, config, inputs)
+        stage_dir = self.root / stage
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(stage_dir / f"{key}.lock")):
+            found = self.lookup(stage, key)
+            if found is not None:
+                log.info("stage %s: reusing cached %s", stage, found.path)
+                return found
+            tmp = stage_dir / f"{key}.tmp-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            partial = stage_dir / f"{key}.partial"
+            started = time.time()
+            try:
+                extra = compute(StageContext(out_dir=tmp, partial_dir=partial)) or {}
+                files = {
+                    str(p.relative_to(tmp)): file_sha256(p)
+                    for p in sorted(tmp.rglob("*"))
+                    if p.is_file()
+                }
+                meta = {
+                    "stage": stage,
+                    "key": key,
+                    "config": config,
+                    "inputs": inputs,
+                    "files": files,
+                    "seconds": round(time.time() - started, 3),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    **extra,
+                }
+                (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
+                os.rename(tmp, self.entry_dir(stage, key))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
+            log.info("stage %s: computed %s in %.1fs", stage, key, meta["seconds"])
+            return Entry(stage, key, self.entry_dir(stage, key), meta, reused=False)

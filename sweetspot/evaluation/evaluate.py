@@ -1,0 +1,144 @@
+"""Evaluation: the trained policy against its reference on held-out prompts.
+
+Both policies answer the same prompts with the same generation settings and seeds; the run's
+scorer scores both. Metrics: mean reward of each, win rate of trained over reference (ties count
+one half), per-constraint pass rates when the scorer reports them, mean length, and a KL
+estimate: the mean over the trained policy's own responses of log pi(y|x) - log pi_ref(y|x),
+the standard Monte-Carlo estimator of KL(pi || pi_ref) when responses are sampled (with greedy
+decoding it is a proxy: greedy outputs are not samples).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sweetspot.sampling.hf import GenerationSettings
+from sweetspot.training.data import prompt_messages
+from sweetspot.training.logprobs import completion_logps
+from sweetspot.validation import at_least, non_negative
+
+
+@dataclass(kw_only=True)
+class Evaluator:
+    max_prompts: int | None = None
+    n: int = 1
+    greedy: bool = True
+    temperature: float = 0.8
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    seed: int = 0
+    kl_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        at_least("n", self.n, 1)
+        non_negative("temperature", self.temperature)
+        at_least("max_new_tokens", self.max_new_tokens, 1)
+        if self.max_prompts is not None:
+            at_least("max_prompts", self.max_prompts, 1)
+
+    def settings(self) -> GenerationSettings:
+        return GenerationSettings(
+            n=self.n,
+            seed=self.seed,
+            max_new_tokens=self.max_new_tokens,
+            temperature=0.0 if self.greedy else self.temperature,
+            batch_size=self.batch_size,
+            overlong="truncate",
+        )
+
+    def prompts(self, prompts: pd.DataFrame, system_prompt: str | None) -> pd.DataFrame:
+        held = prompts[prompts["split"] == "heldout"]
+        if self.max_prompts is not None:
+            held = held.head(self.max_prompts)
+        held = held.copy()
+        held["system_prompt"] = system_prompt
+        held["prompt"] = [prompt_messages(r) for r in held.to_dict("records")]
+        return held.reset_index(drop=True)
+
+    def answer(self, prompts: pd.DataFrame, policy: Any) -> pd.DataFrame:
+        table = self.settings().generate(prompts, policy)
+        return table.merge(prompts, on="prompt_id", how="left")
+
+
+@torch.no_grad()
+def response_logps(model: Any, tok: Any, table: pd.DataFrame, batch_size: int) -> np.ndarray:
+    """Summed log-probs of each row's response (plus EOS) under ``model``."""
+    from sweetspot.training.data import TokenizedPair, collate
+
+    items = []
+    for rec in table.to_dict("records"):
+        text = tok.apply_chat_template(rec["prompt"], add_generation_prompt=True, tokenize=False)
+        prompt = tok(text, add_special_tokens=False)["input_ids"]
+        body = tok(rec["response"] or "", add_special_tokens=False)["input_ids"] + [
+            tok.eos_token_id
+        ]
+        items.append(
+            TokenizedPair(
+                prompt,
+                body,
+                body,
+                {"chosen_reward": 0.0, "rejected_reward": 0.0, "weight": 1.0, "route_sft": False},
+            )
+        )
+    out = np.zeros(len(items))
+    model.eval()
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        batch = collate(chunk, tok.pad_token_id)
+        half = len(chunk)
+        logps = completion_logps(
+            model,
+            batch["input_ids"][:half],
+            batch["attention_mask"][:half],
+            batch["completion_mask"][:half],
+        )
+        out[start : start + half] = logps.double().numpy()
+    return out
+
+
+def compare(
+    trained: pd.DataFrame, reference: pd.DataFrame, reward_col: str, detail_col: str | None
+) -> dict[str, float]:
+    """Metrics of trained vs reference answers (aligned on prompt_id, sample_id)."""
+    keys = ["prompt_id", "sample_id"]
+    both = trained.merge(reference, on=keys, suffixes=("_trained", "_reference"))
+    r_t, r_r = both[f"{reward_col}_trained"], both[f"{reward_col}_reference"]
+    wins = (r_t > r_r).astype(float) + 0.5 * (r_t == r_r).astype(float)
+    metrics = {
+        "eval/prompts": int(both["prompt_id"].nunique()),
+        "eval/reward_trained": float(r_t.mean()),
+        "eval/reward_reference": float(r_r.mean()),
+        "eval/win_rate": float(wins.mean()),
+        "eval/length_trained": float(both["num_tokens_trained"].mean()),
+        "eval/length_reference": float(both["num_tokens_reference"].mean()),
+    }
+    if "kl_logratio" in trained:
+        metrics["eval/kl_estimate"] = float(trained["kl_logratio"].mean())
+    if detail_col and detail_col in trained:
+        for side, table in (("trained", trained), ("reference", reference)):
+            for name, rate in pass_rates(table, detail_col).items():
+                metrics[f"eval/pass/{name}/{side}"] = rate
+    return metrics
+
+
+def pass_rates(table: pd.DataFrame, detail_col: str) -> dict[str, float]:
+    """Fraction of responses that fully meet each constraint type."""
+    hits: dict[str, list[float]] = defaultdict(list)
+    for detail, constraints in zip(
+        table[detail_col], table.get("constraints", [None] * len(table)), strict=False
+    ):
+        if not isinstance(detail, str):
+            continue
+        kinds = {}
+        if isinstance(constraints, str):
+            kinds = {c["id"]: c["type"] for c in json.loads(constraints)}
+        for cid, score in json.loads(detail).items():
+            hits[kinds.get(cid, cid)].append(float(score == 1))
+    return {k: float(np.mean(v)) for k, v in sorted(hits.items())}

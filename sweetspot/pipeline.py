@@ -1,0 +1,384 @@
+"""One run, top to bottom: prompts -> sample -> score -> denoise -> select -> train -> evaluate.
+
+Each stage is a cache entry (see cache.py) keyed by its own config node and its inputs' keys,
+so a sweep over ``selection=`` or ``loss=`` samples and scores once. The run folder gets the
+tables a researcher reads (responses, pairs, metrics, report) and ``stages.json``, which names
+every cache entry the run used, so any result can be traced to the config that made it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from sweetspot.cache import Entry, StageCache
+from sweetspot.config import Plan, validate
+from sweetspot.data import pairs_for_trl, read_table, write_json, write_jsonl, write_table
+from sweetspot.errors import SweetspotError
+from sweetspot.models import ModelSpec, Policy, resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+
+def node(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.to_container(cfg[key], resolve=True)
+
+
+@dataclass
+class RunState:
+    cfg: DictConfig
+    plan: Plan
+    cache: StageCache
+    run_dir: Path
+    entries: dict[str, Entry] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    policies: dict[str, Policy] = field(default_factory=dict)
+
+    def record(self, entry: Entry) -> Entry:
+        self.entries[entry.stage] = entry
+        verb = "reused" if entry.reused else "computed"
+        log.info("[%s] %s %s (%.1fs)", entry.stage, verb, entry.key, entry.meta.get("seconds", 0))
+        self.metrics[f"stage/{entry.stage}/reused"] = entry.reused
+        self.metrics[f"stage/{entry.stage}/seconds"] = entry.meta.get("seconds", 0.0)
+        for k, v in entry.meta.get("counts", {}).items():
+            self.metrics[f"{entry.stage}/{k}"] = v
+        return entry
+
+    def policy(self, spec: ModelSpec, path: str | None = None) -> Policy:
+        where = path or resolve_model_dir(spec, self.cache.root)
+        if where not in self.policies:
+            self.policies[where] = Policy(spec, where)
+        return self.policies[where]
+
+
+def stage_prompts(s: RunState) -> pd.DataFrame:
+    task = s.plan.task
+
+    def compute(ctx: Any) -> dict:
+        prompts = task.load()
+        write_table(prompts, ctx.out_dir / "prompts.parquet")
+        return {
+            "counts": {
+                "train": int((prompts["split"] == "train").sum()),
+                "heldout": int((prompts["split"] == "heldout").sum()),
+            }
+        }
+
+    entry = s.record(
+        s.cache.get_or_compute(
+            "prompts", {"task": node(s.cfg, "task"), **task.fingerprint()}, [], compute
+        )
+    )
+    return read_table(entry.file("prompts.parquet"))
+
+
+def stage_sample(s: RunState, prompts: pd.DataFrame) -> pd.DataFrame:
+    sampler = s.plan.sampler
+    train = prompts[prompts["split"] == "train"].reset_index(drop=True)
+    model_id = s.plan.model.identity() if sampler.needs_model else None
+
+    def compute(ctx: Any) -> dict:
+        policy = s.policy(s.plan.model) if sampler.needs_model else None
+        table, stats = sampler.run(train, policy, ctx.partial_dir)
+        write_table(table, ctx.out_dir / "responses.parquet")
+        skipped = table["skip_reason"].value_counts().to_dict() if "skip_reason" in table else {}
+        return {
+            "counts": {
+                "prompts": len(train),
+                "responses": len(table),
+                **{f"skipped/{k}": int(v) for k, v in skipped.items()},
+                **stats,
+            }
+        }
+
+    entry = s.record(
+        s.cache.get_or_compute(
+            "sample",
+            {"sampler": sampler.cache_config(), "model": model_id},
+            [s.entries["prompts"].key],
+            compute,
+        )
+    )
+    return read_table(entry.file("responses.parquet"))
+
+
+def stage_score(s: RunState, prompts: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
+    scorer = s.plan.scorer
+
+    def compute(ctx: Any) -> dict:
+        extra = [c for c in prompts.columns if c not in responses.columns or c == "prompt_id"]
+        table = responses.merge(prompts[extra], on="prompt_id", how="left")
+        live = table["response"].notna()
+        scores = scorer.score(table[live])
+        for col in scores.columns:
+            table.loc[live, col] = scores[col]
+        table["reward"] = table[scorer.column].astype(float)
+        bad = int((~np.isfinite(table["reward"].to_numpy())).sum())
+        write_table(table, ctx.out_dir / "scored.parquet")
+        stats = getattr(scorer, "last_stats", {}) or {}
+        return {
+            "counts": {
+                "responses": len(table),
+                "unscored": bad,
+                **{k: v for k, v in stats.items() if isinstance(v, (int, float))},
+            }
+        }
+
+    entry = s.record(
+        s.cache.get_or_compute(
+            "score", {"scorer": node(s.cfg, "scorer")}, [s.entries["sample"].key], compute
+        )
+    )
+    return read_table(entry.file("scored.parquet"))
+
+
+def stage_denoise(s: RunState, scored: pd.DataFrame) -> pd.DataFrame:
+    denoiser = s.plan.denoiser
+
+    def compute(ctx: Any) -> dict:
+        result = denoiser.denoise(scored, None)
+        write_table(result.responses, ctx.out_dir / "denoised.parquet")
+        if result.comparisons is not None and len(result.comparisons):
+            write_table(result.comparisons, ctx.out_dir / "comparisons.parquet")
+        return {
+            "counts": {
+                k: v
+                for k, v in result.metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        }
+
+    entry = s.record(
+        s.cache.get_or_compute(
+            "denoise", {"denoiser": node(s.cfg, "denoiser")}, [s.entries["score"].key], compute
+        )
+    )
+    return read_table(entry.file("denoised.parquet"))
+
+
+def stage_select(s: RunState, prompts: pd.DataFrame, denoised: pd.DataFrame) -> pd.DataFrame:
+    strategy = s.plan.selection
+
+    def compute(ctx: Any) -> dict:
+        table = denoised.rename(columns={"reward": "reward_raw"})
+        table["reward"] = table["reward_denoised"]
+        table = table[table["response"].notna()]
+        result = strategy.select(table)
+        pairs = attach_texts(result.pairs, prompts, table)
+        write_table(pairs, ctx.out_dir / "pairs.parquet")
+        counts = {
+            "pairs": len(pairs),
+            "prompts": int(table["prompt_id"].nunique()),
+            **{f"skipped/{k}": int(v) for k, v in result.skipped.items()},
+            **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+        }
+        return {"counts": counts}
+
+    entry = s.record(
+        s.cache.get_or_compute(
+            "select", {"selection": node(s.cfg, "selection")}, [s.entries["denoise"].key], compute
+        )
+    )
+    return read_table(entry.file("pairs.parquet"))
+
+
+def attach_texts(
+    pairs: pd.DataFrame, prompts: pd.DataFrame, responses: pd.DataFrame
+) -> pd.DataFrame:
+    """Give each pair its prompt messages and both responses' texts (TRL's columns)."""
+    text = responses.set_index(["prompt_id", "sample_id"])["response"]
+    out = pairs.drop(columns=[c for c in ("prompt", "chosen", "rejected") if c in pairs])
+    out["chosen"] = text.reindex(
+        list(zip(out["prompt_id"], out["chosen_sample_id"], strict=True))
+    ).to_numpy()
+    out["rejected"] = text.reindex(
+        list(zip(out["prompt_id"], out["rejected_sample_id"], strict=True))
+    ).to_numpy()
+    out = out.merge(prompts[["prompt_id", "prompt"]], on="prompt_id", how="left")
+    first = ["prompt_id", "prompt", "chosen", "rejected"]
+    return out[first + [c for c in out.columns if c not in first]]
+
+
+def stage_train(s: RunState, pairs: pd.DataFrame) -> Path:
+    from sweetspot.training.train import train_policy
+
+    if pairs.empty:
+        raise SweetspotError(
+            "selection produced no pairs, so there is nothing to train on; see "
+            "the skipped counts in the log (e.g. every prompt had sigma = 0)"
+        )
+    policy = s.policy(s.plan.model)
+    keep_order = bool(getattr(s.plan.selection, "keep_order", False))
+
+    def compute(ctx: Any) -> dict:
+        metrics = train_policy(
+            pairs,
+            policy,
+            s.plan.trainer,
+            s.plan.loss,
+            s.cache,
+            ctx.out_dir,
+            s.plan.logger.loggers,
+            keep_order=keep_order,
+            resume_dir=ctx.partial_dir,
+        )
+        return {"metrics": metrics}
+
+    config = {
+        "loss": node(s.cfg, "loss"),
+        "trainer": node(s.cfg, "trainer"),
+        "model": s.plan.model.identity(),
+        "keep_order": keep_order,
+    }
+    entry = s.record(s.cache.get_or_compute("train", config, [s.entries["select"].key], compute))
+    s.metrics.update(entry.meta.get("metrics", {}))
+    return entry.file("checkpoint")
+
+
+def stage_answers(
+    s: RunState,
+    name: str,
+    policy: Policy,
+    prompts: pd.DataFrame,
+    inputs: list[str],
+    system_prompt: str | None,
+) -> pd.DataFrame:
+    """Held-out answers of one policy, scored by the run's scorer (cached per policy)."""
+    evaluator, scorer = s.plan.evaluation, s.plan.scorer
+
+    def compute(ctx: Any) -> dict:
+        held = evaluator.prompts(prompts, system_prompt)
+        table = evaluator.answer(held, policy)
+        live = table["response"].notna()
+        scores = scorer.score(table[live])
+        for col in scores.columns:
+            table.loc[live, col] = scores[col]
+        if name == "answers_trained":
+            from sweetspot.evaluation.evaluate import response_logps
+
+            ref = s.policy(s.plan.model)
+            lp_pol = response_logps(policy.model, policy.tokenizer, table, evaluator.kl_batch_size)
+            lp_ref = response_logps(ref.model, ref.tokenizer, table, evaluator.kl_batch_size)
+            table["kl_logratio"] = lp_pol - lp_ref
+        write_table(table, ctx.out_dir / "answers.parquet")
+        return {"counts": {"prompts": int(held.shape[0])}}
+
+    config = {
+        "evaluation": node(s.cfg, "evaluation"),
+        "scorer": node(s.cfg, "scorer"),
+        "system_prompt": system_prompt,
+    }
+    entry = s.record(s.cache.get_or_compute(name, config, inputs, compute))
+    return read_table(entry.file("answers.parquet"))
+
+
+def stage_evaluate(s: RunState, prompts: pd.DataFrame, checkpoint: Path) -> dict:
+    from sweetspot.evaluation.evaluate import compare
+
+    augment = getattr(s.plan.selection, "eval_system_prompt", None)
+    system = augment() if callable(augment) else None
+    trained_spec = ModelSpec(
+        source="hf",
+        name_or_path=str(checkpoint),
+        dtype=s.plan.model.dtype,
+        max_context=s.plan.model.max_context,
+    )
+    trained = s.policy(trained_spec, str(checkpoint))
+    reference = s.policy(s.plan.model)
+    ref_answers = stage_answers(
+        s,
+        "answers_reference",
+        reference,
+        prompts,
+        [s.entries["prompts"].key, str(s.plan.model.identity())],
+        system,
+    )
+    new_answers = stage_answers(
+        s,
+        "answers_trained",
+        trained,
+        prompts,
+        [s.entries["prompts"].key, s.entries["train"].key],
+        system,
+    )
+    detail = f"{s.plan.scorer.name}/detail"
+    metrics = compare(new_answers, ref_answers, s.plan.scorer.column, detail)
+    write_table(
+        new_answers.merge(
+            ref_answers[["prompt_id", "sample_id", "response", s.plan.scorer.column]],
+            on=["prompt_id", "sample_id"],
+            suffixes=("", "_reference"),
+        ),
+        s.run_dir / "eval.parquet",
+    )
+    return metrics
+
+
+def describe(values: pd.Series, prefix: str) -> dict[str, float]:
+    v = values.dropna().astype(float)
+    if v.empty:
+        return {}
+    return {
+        f"{prefix}/mean": float(v.mean()),
+        f"{prefix}/std": float(v.std(ddof=0)),
+        f"{prefix}/min": float(v.min()),
+        f"{prefix}/max": float(v.max()),
+    }
+
+
+def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Validate, then run every stage; returns the run's metrics (also in metrics.json)."""
+    started = time.time()
+    run_dir = Path(run_dir)
+    plan = validate(cfg)
+    cache = StageCache(os.path.expanduser(str(cfg.paths.cache_dir)))
+    s = RunState(cfg, plan, cache, run_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    plan.logger.start(run_dir, str(cfg.get("name", "run")), config)
+    try:
+        prompts = stage_prompts(s)
+        responses = stage_sample(s, prompts)
+        scored = stage_score(s, prompts, responses)
+        denoised = stage_denoise(s, scored)
+        write_table(denoised, run_dir / "responses.parquet")
+        s.metrics.update(describe(denoised["reward"], "reward"))
+        pairs = stage_select(s, prompts, denoised)
+        write_table(pairs, run_dir / "pairs.parquet")
+        write_jsonl(pairs_for_trl(pairs), run_dir / "pairs.jsonl")
+        s.metrics.update(describe(pairs["margin"], "pairs/margin"))
+        plan.logger.log_pairs(pairs)
+        checkpoint = stage_train(s, pairs)
+        link(run_dir / "checkpoint", checkpoint)
+        s.metrics.update(stage_evaluate(s, prompts, checkpoint))
+        s.metrics["run/seconds"] = round(time.time() - started, 1)
+        write_json({k: s.metrics[k] for k in sorted(s.metrics)}, run_dir / "metrics.json")
+        write_json(
+            {
+                k: {"key": e.key, "path": str(e.path), "reused": e.reused}
+                for k, e in s.entries.items()
+            },
+            run_dir / "stages.json",
+        )
+        from sweetspot.report import write_run_report
+
+        images = write_run_report(run_dir)
+        plan.logger.log_summary(s.metrics)
+        plan.logger.log_images(images)
+    finally:
+        plan.logger.finish()
+    return s.metrics
+
+
+def link(path: Path, target: Path) -> None:
+    """Point the run folder at a cache entry instead of copying it (checkpoints are large)."""
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.symlink_to(target.resolve(), target_is_directory=True)

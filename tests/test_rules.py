@@ -1,0 +1,191 @@
+"""Constraint checkers and the rules scorer, against hand-written responses and hand arithmetic."""
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sweetspot.errors import ConfigError, DataError
+from sweetspot.scoring.constraints import (
+    CHECKERS,
+    bounded_credit,
+    check,
+    count_paragraphs,
+    count_sentences,
+    count_words,
+    parse_constraints,
+)
+from sweetspot.scoring.rules import RulesScorer
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "scorer" / "rules.yaml"
+
+# (type, args, a response that meets it, a response that does not)
+CASES = [
+    ("word_count", {"min": 3, "max": 5}, "one two three four", "one two"),
+    ("sentence_count", {"count": 2}, "It rains. The sky is grey!", "It rains."),
+    ("paragraph_count", {"count": 2}, "First part.\n\nSecond part.", "Only one block.\nStill."),
+    ("bullet_count", {"count": 3}, "Intro:\n* a\n- b\n  * c", "* a\n* b"),
+    ("placeholder_count", {"min": 2}, "Dear [name], see you at [place].", "Dear [name]."),
+    ("keyword_frequency", {"keyword": "rain", "min": 2}, "Rain, rain, go away.", "It rained."),
+    ("keywords_include", {"keywords": ["sun", "light"]}, "The Sun gives light.", "It is dark."),
+    ("keywords_exclude", {"keywords": ["rain"]}, "A dry and sunny day.", "Heavy rains fell."),
+    ("lowercase", {}, "all quiet here.", "All quiet here."),
+    ("uppercase", {}, "ALL QUIET [NAME].", "ALL QUIEt."),
+    ("starts_with", {"phrase": "Sure"}, "  sure, here it is.", "Surely not."),
+    ("ends_with", {"phrase": "That is all."}, "Done. That is all.\n", "That is all. More."),
+    ("json_format", {}, '```json\n{"answer": "blue"}\n```', "answer: blue"),
+    ("no_commas", {}, "No commas here.", "One, two."),
+    ("title", {}, "<<Rainbows>>\nLight bends.", "<< >> no title"),
+]
+
+
+def test_every_type_has_a_case():
+    assert {c[0] for c in CASES} == set(CHECKERS)
+
+
+@pytest.mark.parametrize("ctype, args, good, bad", CASES, ids=[c[0] for c in CASES])
+def test_checker_positive_and_negative(ctype, args, good, bad):
+    assert CHECKERS[ctype](good, args) == 1.0
+    assert CHECKERS[ctype](bad, args) < 1.0
+
+
+def test_counting_rules():
+    assert count_words("Don't stop: well-known 3.5 ideas!") == 7  # don't|stop|well|known|3|5|ideas
+    assert count_sentences("Dr. Smith paid 3.50 dollars. Why? Because!") == 4
+    assert count_sentences("no terminal punctuation") == 1
+    assert count_paragraphs("a\n \nb\n\n\nc\n") == 3
+
+
+def test_counting_words_vs_plain_split():
+    text = "The quick brown fox jumps over the lazy dog and keeps running far away"
+    assert count_words(text) == len(text.split())
+
+
+def test_graded_credit_hand_computed():
+    # 30 words, bounds 50..100, width 0.5: d = 20/50 = 0.4, credit = 1 - 0.4/0.5 = 0.2
+    assert bounded_credit(30, 50, 100, 0.5) == pytest.approx(0.2)
+    # 120 words, max 100, width 1: d = 0.2, credit 0.8
+    assert bounded_credit(120, None, 100, 1.0) == pytest.approx(0.8)
+    # far off: clipped at 0; inside: 1
+    assert bounded_credit(300, None, 100, 0.5) == 0.0
+    assert bounded_credit(75, 50, 100, 0.5) == 1.0
+    # a bound of 0 uses a scale of 1: 1 bullet when none allowed, width 2 -> 1 - 1/2 = 0.5
+    assert bounded_credit(1, None, 0, 2.0) == pytest.approx(0.5)
+
+
+def test_graded_checkers_hand_computed():
+    words = " ".join(["w"] * 30)
+    assert check({"type": "word_count", "args": {"min": 50, "max": 100}}, words,
+                 width=0.5) == pytest.approx(0.2)
+    # 2 bullets, exactly 3 wanted, width 0.5: d = 1/3, credit = 1 - (1/3)/0.5 = 1/3
+    assert CHECKERS["bullet_count"]("* a\n* b", {"count": 3}) == pytest.approx(1 / 3)
+    # 1 of 2 keywords present
+    assert CHECKERS["keywords_include"]("sun only", {"keywords": ["sun", "moon"]}) == 0.5
+    # "rain" once, at least 3 wanted, width 1: d = 2/3, credit 1/3
+    assert CHECKERS["keyword_frequency"]("rain", {"keyword": "rain", "min": 3},
+                                         width=1.0) == pytest.approx(1 / 3)
+
+
+def test_case_sensitive_keywords():
+    args = {"keywords": ["Paris"]}
+    assert CHECKERS["keywords_include"]("paris is big", args) == 1.0
+    assert CHECKERS["keywords_include"]("paris is big", args, case_sensitive=True) == 0.0
+    assert CHECKERS["ends_with"]("bye NOW", {"phrase": "now"}, case_sensitive=True) == 0.0
+
+
+def test_unknown_type_and_bad_args_are_data_errors():
+    with pytest.raises(DataError) as err:
+        check({"type": "haiku", "args": {}}, "x")
+    assert err.value.field == "type"
+    bad = json.dumps([{"id": "a", "type": "word_count", "args": {"min": 5, "max": 2}}])
+    with pytest.raises(DataError) as err:
+        parse_constraints(bad, where="prompt 'p1'")
+    assert "p1" in str(err.value) and err.value.field.startswith("constraints[0]")
+    with pytest.raises(DataError) as err:
+        parse_constraints(json.dumps([{"id": "a", "type": "nope", "args": {}}]))
+    assert err.value.field == "constraints[0].type"
+    dup = [{"id": "a", "type": "title", "args": {}}, {"id": "a", "type": "no_commas", "args": {}}]
+    with pytest.raises(DataError):
+        parse_constraints(json.dumps(dup))
+
+
+def _frame() -> pd.DataFrame:
+    cons = json.dumps([
+        {"id": "len", "type": "word_count", "args": {"min": 4, "max": 8}},
+        {"id": "kw", "type": "keywords_include", "args": {"keywords": ["sun"]}},
+        {"id": "lc", "type": "lowercase", "args": {}},
+    ])
+    return pd.DataFrame({
+        "prompt_id": ["p1", "p1", "p1", "p2", "p2", "p3"],
+        "sample_id": [0, 1, 2, 0, 1, 0],
+        "response": ["the sun is bright today", "The Moon.", "", "The answer is 1,234.", "42",
+                     "  Paris. "],
+        "constraints": [cons, cons, cons, None, None, None],
+        "reference": [None, None, None, "1234", "1234", "paris"],
+    }, index=[10, 11, 12, 13, 14, 15])
+
+
+def test_scorer_reward_is_mean_of_details():
+    scorer = RulesScorer()
+    out = scorer.score(_frame())
+    assert list(out.index) == [10, 11, 12, 13, 14, 15]
+    for reward, detail, passed in zip(out["score/rules"], out["rules/detail"],
+                                      out["rules/passed"], strict=True):
+        values = list(json.loads(detail).values())
+        assert reward == pytest.approx(sum(values) / len(values))
+        assert passed == pytest.approx(sum(v == 1.0 for v in values) / len(values))
+    details = [json.loads(d) for d in out["rules/detail"]]
+    assert details[0] == {"len": 1.0, "kw": 1.0, "lc": 1.0}
+    # "The Moon.": 2 words vs min 4, width 0.5: 1 - (2/4)/0.5 = 0; no "sun"; not lowercase
+    assert details[1] == {"len": 0.0, "kw": 0.0, "lc": 0.0}
+    assert details[2] == {"len": 0.0, "kw": 0.0, "lc": 0.0}  # empty response
+    assert list(out["score/rules"].iloc[3:]) == [1.0, 0.0, 1.0]
+    assert scorer.last_stats["empty_responses"] == 1
+    assert scorer.last_stats["constraint_rows"] == 3 and scorer.last_stats["reference_rows"] == 3
+
+
+def test_partial_credit_width_changes_reward():
+    frame = _frame().iloc[[1]]
+    # "The Moon." with width 1: 2 words vs min 4 -> 1 - 0.5/1 = 0.5; mean of (0.5, 0, 0)
+    assert RulesScorer(partial_credit_width=1.0).score(frame)["score/rules"].iloc[0] == \
+        pytest.approx(0.5 / 3)
+
+
+def test_numeric_tolerance():
+    frame = pd.DataFrame({"prompt_id": ["q"], "response": ["about 3.14"], "reference": ["3.1416"]})
+    assert RulesScorer().score(frame)["score/rules"].iloc[0] == 0.0
+    assert RulesScorer(numeric_tol=0.01).score(frame)["score/rules"].iloc[0] == 1.0
+
+
+def test_row_with_neither_names_prompt_and_field():
+    frame = pd.DataFrame({"prompt_id": ["lonely"], "response": ["hi"], "reference": [None]})
+    with pytest.raises(DataError) as err:
+        RulesScorer().score(frame)
+    assert "lonely" in str(err.value) and err.value.field == "constraints"
+
+
+def test_config_validation_and_yaml_matches_fields():
+    with pytest.raises(ConfigError):
+        RulesScorer(partial_credit_width=0)
+    with pytest.raises(ConfigError):
+        RulesScorer(numeric_tol=-1)
+    node = OmegaConf.load(CONF)
+    fields = {f.name for f in dataclasses.fields(RulesScorer)}
+    assert set(node.keys()) - {"_target_"} == fields
+    scorer = instantiate(node)
+    assert isinstance(scorer, RulesScorer)
+    assert scorer == RulesScorer()
+
+
+def test_ten_thousand_responses_are_fast():
+    frame = pd.concat([_frame()] * 1700, ignore_index=True)
+    scorer = RulesScorer()
+    start = time.perf_counter()
+    out = scorer.score(frame)
+    assert time.perf_counter() - start < 2.0
+    assert len(out) == len(frame) and out["score/rules"].between(0, 1).all()
