@@ -54,6 +54,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except SweetspotError as e:
         write_text(f"{e}\n", run_dir / "error.txt")
         log.error("%s", e)
+        print(f"sweetspot: {e}", file=sys.stderr)
         if multirun:
             return None
         sys.exit(2)

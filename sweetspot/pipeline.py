@@ -217,6 +217,8 @@ def stage_train(s: RunState, pairs: pd.DataFrame) -> Path:
         )
     policy = s.policy(s.plan.model)
     keep_order = bool(getattr(s.plan.selection, "keep_order", False))
+    if keep_order and "order" in pairs:
+        pairs = pairs.sort_values("order", kind="stable").reset_index(drop=True)
 
     def compute(ctx: Any) -> dict:
         metrics = train_policy(
@@ -283,8 +285,8 @@ def stage_answers(
 def stage_evaluate(s: RunState, prompts: pd.DataFrame, checkpoint: Path) -> dict:
     from sweetspot.evaluation.evaluate import compare
 
-    augment = getattr(s.plan.selection, "eval_system_prompt", None)
-    system = augment() if callable(augment) else None
+    augment = getattr(s.plan.selection, "augment", None)
+    system = augment.eval_system_prompt() if augment is not None else None
     trained_spec = ModelSpec(
         source="hf",
         name_or_path=str(checkpoint),

@@ -8,14 +8,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 PAIR_COLUMNS = (
-    "prompt_id", "chosen_sample_id", "rejected_sample_id", "chosen_reward", "rejected_reward",
+    "prompt_id", "chosen_sample_id", "rejected_sample_id",
+    "chosen_reward", "rejected_reward",
     "margin", "weight", "route", "chosen_position", "rejected_position",
 )
 
 
 @dataclass
 class SelectionResult:
-    """Pairs plus the count of every prompt that gave no pair, by reason (never silently dropped)."""
+    """Pairs plus the count of every prompt that gave no pair, by reason (none dropped silently)."""
 
     pairs: pd.DataFrame
     skipped: dict[str, int] = field(default_factory=dict)
