@@ -1,0 +1,107 @@
+"""The whole pipeline on the tiny model: through the compose API, the CLI, and a multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from transformers import AutoModelForCausalLM
+
+from sweetspot.pipeline import run_pipeline
+
+TINY = ("experiment=tiny", "logger=csv")
+
+
+def test_end_to_end_compose_api(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(*TINY)
+    metrics = run_pipeline(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("responses.parquet", "pairs.parquet", "pairs.jsonl", "metrics.json", "report.md",
+                 "stages.json", "eval.parquet"):
+        assert (run / name).is_file(), name
+    responses = pd.read_parquet(run / "responses.parquet")
+    assert len(responses) == 24 * 8  # every prompt's N responses, none dropped
+    assert {"score/rules", "rules/detail", "reward", "reward_denoised", "logp"} <= set(responses)
+    pairs = pd.read_parquet(run / "pairs.parquet")
+    assert metrics["select/pairs"] == len(pairs) > 0
+    skipped = sum(v for k, v in metrics.items() if k.startswith("select/skipped/"))
+    assert len(pairs) + skipped == metrics["select/prompts"]  # each prompt paired or counted
+    first = json.loads((run / "pairs.jsonl").read_text().splitlines()[0])
+    assert first["chosen"][0]["role"] == "assistant" and first["prompt"][0]["role"] == "user"
+    assert first["chosen_reward"] > first["rejected_reward"]
+    assert {"chosen_position", "rejected_position", "margin", "weight", "route"} <= set(first)
+    model = AutoModelForCausalLM.from_pretrained(run / "checkpoint")  # merged, plain transformers
+    assert model.config.model_type == "llama"
+    assert 0.0 <= metrics["eval/win_rate"] <= 1.0
+    assert metrics["train/steps"] == 4
+
+
+def test_rerun_reuses_every_stage(make_cfg, tmp_path: Path) -> None:
+    run_pipeline(make_cfg(*TINY), tmp_path / "a")
+    run_pipeline(make_cfg(*TINY), tmp_path / "b")
+    stages = json.loads((tmp_path / "b" / "stages.json").read_text())
+    assert all(s["reused"] for s in stages.values()), stages
+
+
+def test_cli_multirun_samples_once(cache_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "SWEETSPOT_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "sweetspot", "-m", *TINY, "selection=sweet_spot,max_min",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = [json.loads((tmp_path / "sweep" / str(i) / "stages.json").read_text()) for i in (0, 1)]
+    for stage in ("prompts", "sample", "score", "denoise"):
+        assert not jobs[0][stage]["reused"] and jobs[1][stage]["reused"], stage
+        assert jobs[0][stage]["key"] == jobs[1][stage]["key"]
+    assert jobs[0]["select"]["key"] != jobs[1]["select"]["key"]
+    assert not jobs[1]["select"]["reused"]
+
+
+def test_cli_positions_and_cfg_job(cache_dir: Path, tmp_path: Path) -> None:
+    shown = subprocess.run([sys.executable, "-m", "sweetspot", "--cfg", "job", *TINY,
+                            "selection=positions", "selection.chosen=max",
+                            "selection.rejected=mu-1sigma"],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "rejected: mu-1sigma" in shown.stdout and "sampler:" in shown.stdout
+    helped = subprocess.run([sys.executable, "-m", "sweetspot", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    for group in ("selection:", "sampler:", "loss:", "experiment:"):
+        assert group in helped.stdout
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("sampler.n=1", "sampler.n"),
+    ("loss.beta=0", "loss.beta"),
+    ("selection.rejected=mu-twosigma", "selection.rejected"),
+    ("trainer.lr=-1", "trainer.lr"),
+])
+def test_invalid_config_fails_before_loading(override: str, message: str, cache_dir: Path,
+                                             tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "sweetspot", *TINY, override,
+                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert message in done.stderr + done.stdout
+    assert not (tmp_path / "responses.parquet").exists()
+
+
+def test_unknown_option_is_rejected(cache_dir: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "sweetspot", *TINY, "selection=nonsense"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "nonsense" in done.stderr
+
+
+def test_malformed_jsonl_names_file_and_line(make_cfg, tmp_path: Path) -> None:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Say hi."}\n{"prompt": "broken"\n')
+    from sweetspot.errors import DataError
+
+    with pytest.raises(DataError, match=r"prompts\.jsonl:2: malformed JSON"):
+        run_pipeline(make_cfg(*TINY, "task=jsonl", f"task.path={path}"), tmp_path / "run")
