@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from sweetspot.config import config_dir
 from sweetspot.data import write_text
@@ -49,6 +49,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun and cfg.logger.get("wandb") and not cfg.logger.wandb.get("group"):
+        with open_dict(cfg):  # one W&B group per sweep
+            cfg.logger.wandb.group = Path(hc.sweep.dir).name
     try:
         metrics = run_pipeline(cfg, run_dir)
     except SweetspotError as e:

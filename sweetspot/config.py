@@ -57,6 +57,7 @@ class Plan:
     trainer: Any
     evaluation: Any
     logger: Any
+    eval_scorer: Any = None
 
 
 def build_node(node: DictConfig, where: str) -> Any:
@@ -107,4 +108,7 @@ def validate(cfg: DictConfig) -> Plan:
     missing = [g for g in STAGE_GROUPS if g not in cfg]
     if missing:
         raise ConfigError(missing[0], "config group is missing from the composed config")
-    return Plan(**{g: build_node(cfg[g], g) for g in STAGE_GROUPS})
+    plan = Plan(**{g: build_node(cfg[g], g) for g in STAGE_GROUPS})
+    own = cfg.evaluation.get("scorer")
+    plan.eval_scorer = build_node(own, "evaluation.scorer") if own else plan.scorer
+    return plan

@@ -8,6 +8,7 @@ every cache entry the run used, so any result can be traced to the config that m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -41,6 +42,7 @@ class RunState:
     entries: dict[str, Entry] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     policies: dict[str, Policy] = field(default_factory=dict)
+    prompts: pd.DataFrame | None = None
 
     def record(self, entry: Entry) -> Entry:
         self.entries[entry.stage] = entry
@@ -141,7 +143,11 @@ def stage_score(s: RunState, prompts: pd.DataFrame, responses: pd.DataFrame) -> 
 
 
 def stage_denoise(s: RunState, scored: pd.DataFrame) -> pd.DataFrame:
-    denoiser = s.plan.denoiser
+    """Denoise the first ``sampler.use_n`` responses of each prompt (all when null): a sweep
+    over N samples and scores once at the largest N."""
+    denoiser, use_n = s.plan.denoiser, s.plan.sampler.use_n
+    if use_n is not None:
+        scored = scored[scored["sample_id"] < use_n].reset_index(drop=True)
 
     def compute(ctx: Any) -> dict:
         result = denoiser.denoise(scored, None)
@@ -158,19 +164,95 @@ def stage_denoise(s: RunState, scored: pd.DataFrame) -> pd.DataFrame:
 
     entry = s.record(
         s.cache.get_or_compute(
-            "denoise", {"denoiser": node(s.cfg, "denoiser")}, [s.entries["score"].key], compute
+            "denoise",
+            {"denoiser": node(s.cfg, "denoiser"), "use_n": use_n},
+            [s.entries["score"].key],
+            compute,
         )
     )
     return read_table(entry.file("denoised.parquet"))
 
 
-def stage_select(s: RunState, prompts: pd.DataFrame, denoised: pd.DataFrame) -> pd.DataFrame:
+def selection_input(denoised: pd.DataFrame) -> pd.DataFrame:
+    """What selection ranks: the denoised reward (the raw one kept as ``reward_raw``)."""
+    table = denoised.rename(columns={"reward": "reward_raw"})
+    table["reward"] = table["reward_denoised"]
+    return table[table["response"].notna()].reset_index(drop=True)
+
+
+def stage_implicit(s: RunState, denoised: pd.DataFrame) -> pd.DataFrame:
+    """The implicit margin's sub-stage (Deng et al. 2025): DPO-train a copy of the run's model on
+    a random subset of candidate pairs, then score every response's log-ratio to its start."""
+    from sweetspot.scoring.implicit import ImplicitScorer
+    from sweetspot.selection.positions import Positions
+    from sweetspot.training.losses import DPOLoss
+    from sweetspot.training.train import train_policy
+
     strategy = s.plan.selection
+    fields = {k: v for k, v in vars(strategy).items() if k.startswith("implicit_")}
+    table = selection_input(denoised)
 
     def compute(ctx: Any) -> dict:
-        table = denoised.rename(columns={"reward": "reward_raw"})
-        table["reward"] = table["reward_denoised"]
-        table = table[table["response"].notna()]
+        if getattr(strategy, "candidates", "positions") == "data":
+            finder = dataclasses.replace(
+                strategy, sources=["external"], top_fraction=None, top_k=None, augment=None
+            )
+        else:
+            finder = Positions(chosen=strategy.chosen, rejected=strategy.rejected)
+        candidates = finder.select(table).pairs
+        size = min(strategy.implicit_subset_size, len(candidates))
+        subset = candidates.sample(n=size, random_state=s.cfg.seed).reset_index(drop=True)
+        subset = attach_texts(subset, s.prompts, table)
+        policy = s.policy(s.plan.model)
+        cfg = dataclasses.replace(
+            s.plan.trainer,
+            max_steps=strategy.implicit_steps,
+            lr=strategy.implicit_lr,
+            epochs=max(1, s.plan.trainer.epochs),
+        )
+        metrics = train_policy(
+            subset,
+            policy,
+            cfg,
+            DPOLoss(beta=strategy.implicit_beta),
+            s.cache,
+            ctx.out_dir,
+            [],
+            resume_dir=ctx.partial_dir,
+        )
+        scorer = ImplicitScorer(
+            policy_path=str(ctx.out_dir / "checkpoint"),
+            reference_path=policy.path,
+            beta=strategy.implicit_beta,
+            max_length=cfg.max_length,
+            max_prompt_length=cfg.max_prompt_length,
+        )
+        scores = scorer.score(table)
+        out = table[["prompt_id", "sample_id"]].copy()
+        out["implicit_logratio"] = scores[f"{scorer.name}/logratio"].to_numpy()
+        write_table(out, ctx.out_dir / "implicit.parquet")
+        return {"counts": {"pairs_trained": size, "steps": metrics.get("train/steps", 0)}}
+
+    config = {
+        "implicit": fields,
+        "trainer": node(s.cfg, "trainer"),
+        "model": s.plan.model.identity(),
+        "seed": s.cfg.seed,
+    }
+    entry = s.record(
+        s.cache.get_or_compute("implicit", config, [s.entries["denoise"].key], compute)
+    )
+    logratio = read_table(entry.file("implicit.parquet"))
+    return denoised.merge(logratio, on=["prompt_id", "sample_id"], how="left")
+
+
+def stage_select(s: RunState, prompts: pd.DataFrame, denoised: pd.DataFrame) -> pd.DataFrame:
+    strategy = s.plan.selection
+    if getattr(strategy, "needs_implicit", False):
+        denoised = stage_implicit(s, denoised)
+
+    def compute(ctx: Any) -> dict:
+        table = selection_input(denoised)
         result = strategy.select(table)
         pairs = attach_texts(result.pairs, prompts, table)
         write_table(pairs, ctx.out_dir / "pairs.parquet")
@@ -182,10 +264,9 @@ def stage_select(s: RunState, prompts: pd.DataFrame, denoised: pd.DataFrame) -> 
         }
         return {"counts": counts}
 
+    inputs = [s.entries[k].key for k in ("denoise", "implicit") if k in s.entries]
     entry = s.record(
-        s.cache.get_or_compute(
-            "select", {"selection": node(s.cfg, "selection")}, [s.entries["denoise"].key], compute
-        )
+        s.cache.get_or_compute("select", {"selection": node(s.cfg, "selection")}, inputs, compute)
     )
     return read_table(entry.file("pairs.parquet"))
 
@@ -245,6 +326,12 @@ def stage_train(s: RunState, pairs: pd.DataFrame) -> Path:
     return entry.file("checkpoint")
 
 
+def eval_scorer_node(s: RunState) -> Any:
+    """Evaluation's scorer: ``evaluation.scorer`` when set, else the run's scorer."""
+    own = s.cfg.evaluation.get("scorer")
+    return OmegaConf.to_container(own, resolve=True) if own else node(s.cfg, "scorer")
+
+
 def stage_answers(
     s: RunState,
     name: str,
@@ -253,8 +340,8 @@ def stage_answers(
     inputs: list[str],
     system_prompt: str | None,
 ) -> pd.DataFrame:
-    """Held-out answers of one policy, scored by the run's scorer (cached per policy)."""
-    evaluator, scorer = s.plan.evaluation, s.plan.scorer
+    """Held-out answers of one policy, scored (cached per policy)."""
+    evaluator, scorer = s.plan.evaluation, s.plan.eval_scorer
 
     def compute(ctx: Any) -> dict:
         held = evaluator.prompts(prompts, system_prompt)
@@ -275,7 +362,7 @@ def stage_answers(
 
     config = {
         "evaluation": node(s.cfg, "evaluation"),
-        "scorer": node(s.cfg, "scorer"),
+        "scorer": eval_scorer_node(s),
         "system_prompt": system_prompt,
     }
     entry = s.record(s.cache.get_or_compute(name, config, inputs, compute))
@@ -311,11 +398,11 @@ def stage_evaluate(s: RunState, prompts: pd.DataFrame, checkpoint: Path) -> dict
         [s.entries["prompts"].key, s.entries["train"].key],
         system,
     )
-    detail = f"{s.plan.scorer.name}/detail"
-    metrics = compare(new_answers, ref_answers, s.plan.scorer.column, detail)
+    scorer = s.plan.eval_scorer
+    metrics = compare(new_answers, ref_answers, scorer.column, f"{scorer.name}/detail")
     write_table(
         new_answers.merge(
-            ref_answers[["prompt_id", "sample_id", "response", s.plan.scorer.column]],
+            ref_answers[["prompt_id", "sample_id", "response", scorer.column]],
             on=["prompt_id", "sample_id"],
             suffixes=("", "_reference"),
         ),
@@ -346,7 +433,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
     plan.logger.start(run_dir, str(cfg.get("name", "run")), config)
     try:
-        prompts = stage_prompts(s)
+        prompts = s.prompts = stage_prompts(s)
         responses = stage_sample(s, prompts)
         scored = stage_score(s, prompts, responses)
         denoised = stage_denoise(s, scored)

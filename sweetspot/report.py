@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from hydra.experimental.callback import Callback
 
 from sweetspot.data import read_table, write_text
 
@@ -198,3 +199,16 @@ def plot_sweep(table: pd.DataFrame, root: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+class SweepReportCallback(Callback):
+    """A Hydra callback: writes the sweep's report when a multirun ends (``hydra/default.yaml``)."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        import logging
+
+        try:
+            path = write_sweep_report(config.hydra.sweep.dir)
+            logging.getLogger(__name__).info("sweep report: %s", path)
+        except Exception as e:  # a report must never turn a finished sweep into a failure
+            logging.getLogger(__name__).error("could not write the sweep report: %s", e)

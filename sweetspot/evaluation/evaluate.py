@@ -35,6 +35,7 @@ class Evaluator:
     batch_size: int = 8
     seed: int = 0
     kl_batch_size: int = 8
+    scorer: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         at_least("n", self.n, 1)

@@ -12,7 +12,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from sweetspot.data import read_table, write_table
-from sweetspot.validation import at_least
+from sweetspot.validation import at_least, require
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,24 @@ class Sampler(ABC):
     seed: int = 0
     shard_size: int = 32
     needs_model: bool = True
+    use_n: int | None = None
 
     def __post_init__(self) -> None:
         at_least("n", self.n, 2)
         at_least("shard_size", self.shard_size, 1)
+        if self.use_n is not None:
+            require(
+                2 <= self.use_n <= self.n,
+                "use_n",
+                f"must be in [2, n={self.n}] (the first use_n samples are used), got {self.use_n}",
+            )
 
     def cache_config(self) -> dict:
         """The fields that change the output (the cache key); execution-only fields excluded."""
         return {k: v for k, v in vars(self).items() if k not in self.execution_only()}
 
     def execution_only(self) -> tuple[str, ...]:
-        return ("shard_size", "batch_size", "progress")
+        return ("shard_size", "batch_size", "progress", "use_n")
 
     def run(
         self, prompts: pd.DataFrame, policy: Any, partial_dir: Path
