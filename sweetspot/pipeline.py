@@ -23,10 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from sweetspot.cache import Entry, StageCache
 from sweetspot.config import Plan, validate
 from sweetspot.data import pairs_for_trl, read_table, write_json, write_jsonl, write_table
-from sweetspot.errors import SweetspotError
+from sweetspot.errors import ConfigError, SweetspotError
 from sweetspot.models import ModelSpec, Policy, resolve_model_dir
 
 log = logging.getLogger(__name__)
+
+
+UNTIL = ("select", "train", "evaluate")
 
 
 def node(cfg: DictConfig, key: str) -> Any:
@@ -62,23 +65,22 @@ class RunState:
 
 
 def stage_prompts(s: RunState) -> pd.DataFrame:
-    task = s.plan.task
+    """The task's prompts, or the prompts of the sampler's own file (``sampler=offline``)."""
+    task, sampler = s.plan.task, s.plan.sampler
+    from_sampler = hasattr(sampler, "load_prompts")
 
     def compute(ctx: Any) -> dict:
-        prompts = task.load()
+        prompts = sampler.load_prompts() if from_sampler else task.load()
         write_table(prompts, ctx.out_dir / "prompts.parquet")
-        return {
-            "counts": {
-                "train": int((prompts["split"] == "train").sum()),
-                "heldout": int((prompts["split"] == "heldout").sum()),
-            }
-        }
+        splits = prompts["split"].value_counts()
+        return {"counts": {k: int(splits.get(k, 0)) for k in ("train", "heldout")}}
 
-    entry = s.record(
-        s.cache.get_or_compute(
-            "prompts", {"task": node(s.cfg, "task"), **task.fingerprint()}, [], compute
-        )
+    config = (
+        {"sampler": sampler.cache_config()}
+        if from_sampler
+        else {"task": node(s.cfg, "task"), **task.fingerprint()}
     )
+    entry = s.record(s.cache.get_or_compute("prompts", config, [], compute))
     return read_table(entry.file("prompts.parquet"))
 
 
@@ -150,7 +152,11 @@ def stage_denoise(s: RunState, scored: pd.DataFrame) -> pd.DataFrame:
         scored = scored[scored["sample_id"] < use_n].reset_index(drop=True)
 
     def compute(ctx: Any) -> dict:
-        result = denoiser.denoise(scored, None)
+        given = getattr(s.plan.sampler, "comparisons", None)
+        comparisons = given(scored["prompt_id"].unique()) if callable(given) else None
+        if comparisons is not None and comparisons.empty:
+            comparisons = None
+        result = denoiser.denoise(scored, comparisons)
         write_table(result.responses, ctx.out_dir / "denoised.parquet")
         if result.comparisons is not None and len(result.comparisons):
             write_table(result.comparisons, ctx.out_dir / "comparisons.parquet")
@@ -428,6 +434,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     started = time.time()
     run_dir = Path(run_dir)
     plan = validate(cfg)
+    if cfg.until not in UNTIL:
+        raise ConfigError("until", f"must be one of {list(UNTIL)}, got {cfg.until!r}")
     cache = StageCache(os.path.expanduser(str(cfg.paths.cache_dir)))
     s = RunState(cfg, plan, cache, run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -444,9 +452,11 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         write_jsonl(pairs_for_trl(pairs), run_dir / "pairs.jsonl")
         s.metrics.update(describe(pairs["margin"], "pairs/margin"))
         plan.logger.log_pairs(pairs)
-        checkpoint = stage_train(s, pairs)
-        link(run_dir / "checkpoint", checkpoint)
-        s.metrics.update(stage_evaluate(s, prompts, checkpoint))
+        if cfg.until in ("train", "evaluate"):
+            checkpoint = stage_train(s, pairs)
+            link(run_dir / "checkpoint", checkpoint)
+        if cfg.until == "evaluate":
+            s.metrics.update(stage_evaluate(s, prompts, checkpoint))
         s.metrics["run/seconds"] = round(time.time() - started, 1)
         write_json({k: s.metrics[k] for k in sorted(s.metrics)}, run_dir / "metrics.json")
         write_json(
