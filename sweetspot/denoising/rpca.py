@@ -93,7 +93,9 @@ class RPCADenoiser(Denoiser):
         M_ij = logit(p) clipped to +-max_logit from the comparisons table, M_ji = -M_ij, repeated
         comparisons of a pair averaged, pairs never compared masked out.
       lam: weight of ||S||_1; None means 1 / sqrt(n) (Candes et al. 2011), n per prompt.
-      solver: "alm" (batched NumPy, what runs at scale) or "cvxpy" (SCS reference, slow).
+      solver: "alm" (batched NumPy, what runs at scale), "cvxpy" (SCS reference, slow), or
+        "none" (L = the observed, possibly corrupted matrix: the no-denoising control arm that
+        sees exactly the same corruption).
       corrupt: for experiments, the fraction of observed pairs i < j whose sign is flipped, per
         prompt (round(corrupt * m) of its m pairs), seeded by ``seed`` and the prompt id.
       observe_fraction: for matrix-completion experiments, the fraction of observed pairs kept
@@ -123,7 +125,7 @@ class RPCADenoiser(Denoiser):
 
     def __post_init__(self) -> None:
         one_of("source", self.source, SOURCES)
-        one_of("solver", self.solver, solvers.SOLVERS)
+        one_of("solver", self.solver, (*solvers.SOLVERS, "none"))
         positive("temperature", self.temperature)
         positive("max_logit", self.max_logit)
         if self.lam is not None:
@@ -142,6 +144,11 @@ class RPCADenoiser(Denoiser):
     def solve(self, M: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
         """Solve a batch of equal-n problems with this config's solver and options."""
         lam = self.lam if self.lam is not None else 1.0 / np.sqrt(M.shape[-1])
+        if self.solver == "none":  # the control arm: same corruption, nothing removed
+            batch = M.shape[0]
+            info = {"objective": np.full(batch, np.nan), "residual": np.zeros(batch),
+                    "iterations": np.zeros(batch, dtype=int), "converged": np.ones(batch, bool)}
+            return np.where(mask, M, 0.0), np.zeros_like(M), info
         if self.solver == "cvxpy":
             return solvers.solve_cvxpy(M, mask, lam, eps=self.scs_eps)
         return solvers.solve_alm(M, mask, lam, tol=self.tol, max_iter=self.max_iter,

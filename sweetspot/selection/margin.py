@@ -99,8 +99,8 @@ class ImplicitOptions:
 
     implicit_subset_size: int = 2000
     implicit_beta: float = 0.1
-    implicit_steps: int = 250
-    implicit_lr: float = 5.0e-7
+    implicit_steps: int = 50  # LoRA steps (the paper: 2 epochs of full fine-tuning)
+    implicit_lr: float = 5.0e-4  # a LoRA rate (the paper: 5e-7, full fine-tuning)
 
     def check_implicit(self) -> None:
         at_least("implicit_subset_size", self.implicit_subset_size, 1)

@@ -25,7 +25,7 @@ from sweetspot.selection.common import (
     row_stats,
 )
 from sweetspot.selection.matrix import ResponseMatrix
-from sweetspot.validation import at_least
+from sweetspot.validation import at_least, require
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -34,11 +34,23 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 @dataclass(kw_only=True)
 class Positions(PairStrategy):
+    """Two named positions; ``pair`` ("<chosen>/<rejected>", e.g. "max/mu-2sigma"), when set,
+    replaces ``chosen`` and ``rejected`` so a sweep can name all 21 pairs in one list."""
+
     chosen: str = "max"
     rejected: str = "mu-2sigma"
+    pair: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.pair is not None:
+            parts = str(self.pair).split("/")
+            require(
+                len(parts) == 2,
+                "pair",
+                f"must be '<chosen>/<rejected>' (e.g. max/mu-2sigma), got {self.pair!r}",
+            )
+            self.chosen, self.rejected = parts
         position_pair(self.chosen, self.rejected)
 
     def make_pairs(self, m: ResponseMatrix) -> PairArrays:
