@@ -53,4 +53,5 @@ def test_sigkill_mid_sampling_resumes_to_the_same_table(tmp_path: Path) -> None:
     a = pd.read_parquet(tmp_path / "resumed" / "responses.parquet")
     b = pd.read_parquet(tmp_path / "clean" / "responses.parquet")
     pd.testing.assert_frame_equal(a, b)  # no row lost or duplicated, same samples
-    assert _sha(tmp_path / "resumed" / "pairs.parquet") == _sha(tmp_path / "clean" / "pairs.parquet")
+    for name in ("pairs.parquet", "checkpoint/model.safetensors"):  # bitwise, same seed
+        assert _sha(tmp_path / "resumed" / name) == _sha(tmp_path / "clean" / name), name

@@ -58,9 +58,11 @@ class Sampler(ABC):
         shards, stats = [], {"shards_resumed": 0}
         starts = range(0, len(prompts), self.shard_size)
         bar = tqdm(total=len(prompts), desc=f"sample n={self.n}", unit="prompt")
+        self.progress = bar.update  # samplers that work in batches advance it as they go
         for index, start in enumerate(starts):
             path = partial_dir / f"shard-{index:05d}.parquet"
             chunk = prompts.iloc[start : start + self.shard_size]
+            before = bar.n
             if path.is_file():
                 stats["shards_resumed"] += 1
                 shard = read_table(path)
@@ -68,8 +70,9 @@ class Sampler(ABC):
                 shard = self.sample(chunk, policy)
                 write_table(shard, path)
             shards.append(shard)
-            bar.update(len(chunk))
+            bar.update(before + len(chunk) - bar.n)
         bar.close()
+        self.progress = None
         if stats["shards_resumed"]:
             log.info("sample: resumed %d finished shards", stats["shards_resumed"])
         table = (

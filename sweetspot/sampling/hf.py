@@ -68,8 +68,12 @@ class GenerationSettings:
                 ids = ids[-limit:]
             encoded.append((rec.prompt_id, ids))
         encoded.sort(key=lambda item: len(item[1]))
+        advance = getattr(self, "progress", None)
         for start in range(0, len(encoded), self.batch_size):
-            rows.extend(self._generate(encoded[start : start + self.batch_size], tok, model))
+            batch = encoded[start : start + self.batch_size]
+            rows.extend(self._generate(batch, tok, model))
+            if advance is not None:
+                advance(len(batch))
         return pd.DataFrame(rows)
 
     @torch.no_grad()
