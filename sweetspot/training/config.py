@@ -1,10 +1,20 @@
-"""The ``trainer=`` node: hardware, optimisation and adaptation of one training run."""
+"""The ``trainer=`` node: hardware, optimisation and adaptation of one training run.
+
+Presets (``conf/trainer/``): ``cpu``, ``gpu`` (one GPU, bf16-mixed), ``ddp``, ``fsdp`` and
+``deepspeed``; any field can be overridden (``trainer=ddp trainer.accelerator=cpu
+trainer.devices=2 trainer.precision=32-true`` runs DDP over gloo on a CPU machine).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 from sweetspot.validation import at_least, non_negative, one_of, positive, require
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+LAYOUTS = ("auto", "prefix", "shared", "stacked")
 
 
 @dataclass(kw_only=True)
@@ -21,13 +31,13 @@ class LoraOptions:
 @dataclass(kw_only=True)
 class TrainerConfig:
     accelerator: str = "cpu"
-    devices: int = 1
+    devices: int = 1  # per node; -1 = every visible device
     num_nodes: int = 1
-    strategy: str = "auto"
+    strategy: str = "auto"  # auto, ddp, ddp_spawn, fsdp, deepspeed_stage_2, ...
     precision: str = "32-true"
     epochs: int = 1
     max_steps: int = -1
-    batch_size: int = 4
+    batch_size: int = 4  # pairs per device and step; global = batch_size * devices * num_nodes
     grad_accum: int = 1
     lr: float = 5e-5
     weight_decay: float = 0.0
@@ -37,14 +47,49 @@ class TrainerConfig:
     max_length: int = 512
     max_prompt_length: int = 256
     gradient_checkpointing: bool = False
+    # How chosen and rejected share a forward (same log-probs in all, tested to 1e-5):
+    # stacked: TRL's two rows per pair; shared: one row per pair, the prompt computed once, a
+    # dense attention mask; prefix: the prompts once, their keys and values reused by both
+    # completions (not with gradient checkpointing); auto: whichever costs the fewest FLOPs
+    # for the model and the pairs. shared and prefix need sdpa or eager attention.
+    layout: str = "auto"
     lora: LoraOptions = field(default_factory=LoraOptions)
     save: str = "merged"
     seed: int = 0
     log_every_n_steps: int = 1
-    checkpoint_every_n_steps: int = 50
+    checkpoint_every_n_steps: int = 50  # 0: no Lightning checkpoints (no resume)
     ref_batch_size: int = 8
 
     def __post_init__(self) -> None:
+        one_of("accelerator", self.accelerator, ACCELERATORS)
+        require(
+            self.devices == -1 or self.devices >= 1,
+            "devices",
+            f"must be >= 1, or -1 for every visible device, got {self.devices}",
+        )
+        at_least("num_nodes", self.num_nodes, 1)
+        one_of("precision", self.precision, PRECISIONS)
+        one_of("layout", self.layout, LAYOUTS)
+        if "deepspeed" in self.strategy and importlib.util.find_spec("deepspeed") is None:
+            require(
+                False,
+                "strategy",
+                f"{self.strategy!r} needs DeepSpeed, which is not installed: "
+                "pip install deepspeed (it needs a CUDA toolkit; or use trainer=fsdp)",
+            )
+        require(
+            self.accelerator != "cpu"
+            or not any(s in self.strategy for s in ("fsdp", "deepspeed")),
+            "strategy",
+            f"{self.strategy!r} runs on GPUs only; on CPUs use ddp "
+            "(trainer=ddp trainer.accelerator=cpu trainer.devices=N)",
+        )
+        require(
+            "stage_3" not in self.strategy,
+            "strategy",
+            "DeepSpeed ZeRO stage 3 is not supported (the final save_pretrained needs whole "
+            "weights); use deepspeed_stage_2 or trainer=fsdp",
+        )
         at_least("epochs", self.epochs, 1)
         require(
             self.max_steps == -1 or self.max_steps >= 1,
@@ -69,11 +114,17 @@ class TrainerConfig:
             f"must exceed max_prompt_length ({self.max_prompt_length}), got {self.max_length}",
         )
         one_of("save", self.save, ("merged", "adapter"))
+        require(
+            self.save == "merged" or self.lora.enabled,
+            "save",
+            "'adapter' needs lora.enabled=true (full fine-tuning saves whole weights: merged)",
+        )
         at_least("lora.r", self.lora.r, 1)
         require(
             0 <= self.lora.dropout < 1,
             "lora.dropout",
             f"must be in [0, 1), got {self.lora.dropout}",
         )
-        at_least("checkpoint_every_n_steps", self.checkpoint_every_n_steps, 1)
+        at_least("checkpoint_every_n_steps", self.checkpoint_every_n_steps, 0)
         at_least("ref_batch_size", self.ref_batch_size, 1)
+        at_least("log_every_n_steps", self.log_every_n_steps, 1)

@@ -1,5 +1,6 @@
-"""The LightningModule: one stacked forward for chosen and rejected, the configured loss, and
-the reference log-probs read from the batch (computed once, before training)."""
+"""The LightningModule: one forward for chosen and rejected (stacked, or one row per pair with the
+prompt computed once), the configured loss, and the reference log-probs read from the batch
+(computed once, before training)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,38 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 
 from sweetspot.training.config import TrainerConfig
-from sweetspot.training.logprobs import completion_logps
+from sweetspot.training.logprobs import batch_logps
 from sweetspot.training.losses import LossInputs
+
+RNG_KEY = "sweetspot_rng"
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The learning-rate multiplier at optimizer step ``step`` (0-based): linear warmup over
+    ``warmup`` steps, then cosine (to 0 at ``total``), linear, or constant."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class PreferenceModule(L.LightningModule):
     def __init__(self, model: Any, loss: Any, cfg: TrainerConfig, total_steps: int):
         super().__init__()
-        self.model, self.loss_fn, self.cfg, self.total_steps = model, loss, cfg, total_steps
+        self.model, self.loss_fn, self.cfg = model, loss, cfg
+        self.total_steps = total_steps
+        # LoRA checkpoints keep the trainable weights only (see on_save_checkpoint)
+        self.strict_loading = not cfg.lora.enabled
+        self.batch_losses: list[float] = []  # the global batch's loss, per training batch
+        self._last_loss: torch.Tensor | None = None
 
     def forward_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logps = completion_logps(
-            self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
-        )
+        logps = batch_logps(self.model, batch)
         half = batch["chosen_lengths"].shape[0]
         return logps[:half], logps[half:]
 
@@ -42,30 +60,80 @@ class PreferenceModule(L.LightningModule):
                 weight=batch["weight"],
             )
         )
+        # With shards of unequal size, the mean over processes of the scaled losses (what DDP's
+        # gradient averaging computes) is the global batch's mean loss.
+        loss = out.loss * batch["loss_scale"] if "loss_scale" in batch else out.loss
+        self._last_loss = loss.detach()
         size = chosen.shape[0]
-        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=size)
+        sync = self.trainer.world_size > 1
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size, sync_dist=sync)
         for name, value in out.metrics.items():
             self.log(f"train/{name}", value.detach().float(), batch_size=size)
-        return out.loss
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = self._last_loss
+        if loss is None:
+            return
+        if self.trainer.world_size > 1:
+            loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
+        self.batch_losses.append(float(loss))
 
     def configure_optimizers(self) -> dict:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        warmup = int(self.cfg.warmup_ratio * self.total_steps)
+        # The fused kernel is the fastest AdamW (TRL's default too); Lightning refuses to clip
+        # gradients for it under mixed precision, so those runs take the foreach one.
+        fused = not self.cfg.precision.endswith("-mixed") and all(
+            p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params
+        )
+        optimizer = torch.optim.AdamW(
+            params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=fused or None
+        )
+        # total_steps comes from the caller: ``trainer.estimated_stepping_batches`` would load
+        # the train dataloader before the checkpoint is restored, and Lightning would then
+        # never hand the loader its saved state.
+        total = self.total_steps
+        warmup = int(self.cfg.warmup_ratio * total)
         schedule = self.cfg.scheduler
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if schedule == "constant":
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
-            return (
-                1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
-            )
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total, warmup, schedule)
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """FSDP clips through its root module (sharded gradients: the norm needs every rank);
+        Lightning's own path refuses norm clipping under FSDP."""
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(
+            optimizer, gradient_clip_val, gradient_clip_algorithm
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the trainable weights only when the rest is frozen (LoRA: megabytes instead of
+        the whole model), and the random state, so a resumed run draws what the killed one
+        would have."""
+        plain = isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        if self.cfg.lora.enabled and plain and "state_dict" in checkpoint:
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {
+                k: v for k, v in checkpoint["state_dict"].items() if k in trainable
+            }
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint[RNG_KEY] = rng
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get(RNG_KEY)
+        if rng:
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])

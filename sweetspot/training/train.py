@@ -1,10 +1,20 @@
 """The train stage, top to bottom: tokenise pairs, reference log-probs (once, cached), LoRA or
-full fine-tuning under a Lightning Trainer, resume from the last checkpoint, save_pretrained."""
+full fine-tuning under a Lightning Trainer, exact resume from the last checkpoint,
+save_pretrained.
+
+Resume: Lightning restores the weights, optimizer, schedule and loop position from
+``last.ckpt``; the loader's own state (epoch, batches consumed) is saved with it, so the sampler
+skips the batches the killed run already trained on (see ``data.EpochBatchSampler``) and the
+resumed run ends with the weights an uninterrupted one would have.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,50 +29,108 @@ from sweetspot.data import read_table, write_table
 from sweetspot.models import Policy, load_causal_lm
 from sweetspot.training.config import TrainerConfig
 from sweetspot.training.data import (
+    COLLATE,
     BatchDataset,
-    PairDataModule,
+    EpochBatchSampler,
+    ResumableLoader,
     TokenizedPair,
-    collate,
+    pair_length,
     pairs_fingerprint,
     plan_batches,
     tokenize_pairs,
 )
-from sweetspot.training.logprobs import completion_logps
+from sweetspot.training.logprobs import (
+    attention_implementation,
+    batch_logps,
+    layout_cost,
+    supports_prefix,
+    supports_shared_prompt,
+)
 from sweetspot.training.module import PreferenceModule
 
 log = logging.getLogger(__name__)
 
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+CAST = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}
+
+
+def reference_dtype(cfg: TrainerConfig) -> torch.dtype | None:
+    """The weights' dtype of the training forward when it is not the loaded one (``*-true``
+    precisions cast the model; Lightning casts the policy the same way)."""
+    return CAST.get(cfg.precision)
+
+
+def compute_device(cfg: TrainerConfig) -> torch.device:
+    """Where the reference pass runs: the first GPU when the run trains on GPUs."""
+    if cfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
 
 @torch.no_grad()
 def reference_logps(
-    model: Any, pairs: list[TokenizedPair], pad_id: int, batch_size: int
+    model: Any,
+    pairs: list[TokenizedPair],
+    pad_id: int,
+    batch_size: int,
+    layout: str = "stacked",
+    precision: str = "32-true",
 ) -> np.ndarray:
-    """[P, 2] summed log-probs of (chosen, rejected) under the frozen reference."""
+    """[P, 2] summed log-probs of (chosen, rejected) under the frozen reference, in length-sorted
+    batches (little padding), under the training run's precision."""
+    was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
+    autocast = AUTOCAST.get(precision)
+    ctx = (
+        torch.autocast(device.type, dtype=autocast)
+        if autocast is not None
+        else contextlib.nullcontext()
+    )
     out = np.zeros((len(pairs), 2), dtype=np.float64)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        batch = collate(chunk, pad_id)
-        logps = (
-            completion_logps(
-                model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
-            )
-            .double()
-            .numpy()
-        )
-        out[start : start + len(chunk), 0] = logps[: len(chunk)]
-        out[start : start + len(chunk), 1] = logps[len(chunk) :]
+    with ctx:
+        for index in plan_batches(pairs, batch_size, keep_order=False, layout=layout):
+            batch = COLLATE[layout]([pairs[j] for j in index], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logps = batch_logps(model, batch).double().cpu().numpy()
+            out[index, 0] = logps[: len(index)]
+            out[index, 1] = logps[len(index) :]
+    model.train(was_training)
     return out
 
 
 def cached_reference_logps(
-    cache: StageCache, policy: Policy, pairs: list[TokenizedPair], cfg: TrainerConfig
+    cache: StageCache,
+    policy: Policy,
+    pairs: list[TokenizedPair],
+    cfg: TrainerConfig,
+    model: Any = None,
+    layout: str = "stacked",
 ) -> tuple[np.ndarray, bool]:
-    """Reference log-probs keyed by the reference model and the tokenised pairs' fingerprint."""
+    """Reference log-probs keyed by the reference model, the precision and the tokenised pairs'
+    fingerprint: a rerun (another loss, another lr) reads them from the cache entry. ``model``,
+    if given, is the untrained policy (loaded anyway) and serves as the reference."""
+
+    dtype = reference_dtype(cfg)
 
     def compute(ctx: Any) -> dict:
-        model = load_causal_lm(policy.path, policy.spec)
-        ref = reference_logps(model, pairs, policy.tokenizer.pad_token_id, cfg.ref_batch_size)
+        own = model is None
+        ref_model = load_causal_lm(policy.path, policy.spec) if own else model
+        home = next(ref_model.parameters()).device
+        original = next(ref_model.parameters()).dtype
+        ref_model.to(compute_device(cfg), dtype=dtype or original)
+        try:
+            ref = reference_logps(
+                ref_model,
+                pairs,
+                policy.tokenizer.pad_token_id,
+                cfg.ref_batch_size,
+                layout,
+                cfg.precision,
+            )
+        finally:
+            if not own:
+                ref_model.to(home, dtype=original)
         write_table(
             pd.DataFrame(ref, columns=["ref_chosen_logps", "ref_rejected_logps"]),
             ctx.out_dir / "reference.parquet",
@@ -70,7 +138,10 @@ def cached_reference_logps(
         return {"rows": len(pairs)}
 
     entry = cache.get_or_compute(
-        "reference", {"model": policy.identity()}, [pairs_fingerprint(pairs)], compute
+        "reference",
+        {"model": policy.identity(), "precision": cfg.precision, "weights": str(dtype)},
+        [pairs_fingerprint(pairs)],
+        compute,
     )
     table = read_table(entry.file("reference.parquet"))
     return table[["ref_chosen_logps", "ref_rejected_logps"]].to_numpy(), entry.reused
@@ -90,6 +161,84 @@ def attach_lora(model: Any, cfg: TrainerConfig) -> Any:
     return get_peft_model(model, config)
 
 
+def resolve_layout(cfg: TrainerConfig, model: Any, pairs: list[TokenizedPair]) -> str:
+    """``auto``: of the layouts this model and run allow, the one whose batches cost the fewest
+    backbone FLOPs for these pairs (see ``logprobs.layout_cost``). A layout asked for by name
+    that the model cannot take falls back to stacked, with a warning."""
+    allowed = {"stacked"}
+    if supports_shared_prompt(model):
+        allowed.add("shared")
+    if supports_prefix(model) and not cfg.gradient_checkpointing:
+        allowed.add("prefix")
+    if cfg.layout != "auto":
+        if cfg.layout not in allowed:
+            log.warning(
+                "trainer.layout=%s does not apply here (attention %s, gradient checkpointing "
+                "%s): training with the stacked layout",
+                cfg.layout,
+                attention_implementation(model),
+                cfg.gradient_checkpointing,
+            )
+            return "stacked"
+        return cfg.layout
+    sizes = [(len(p.prompt), len(p.chosen), len(p.rejected)) for p in pairs]
+    cost = {
+        layout: layout_cost(
+            model,
+            [[sizes[i] for i in b] for b in plan_batches(pairs, cfg.batch_size, False, layout)],
+            layout,
+        )
+        for layout in sorted(allowed)
+    }
+    choice = min(cost, key=cost.get)
+    log.info(
+        "trainer.layout=auto: %s (estimated cost relative to stacked: %s)",
+        choice,
+        ", ".join(f"{k} {v / cost['stacked']:.2f}" for k, v in cost.items()),
+    )
+    return choice
+
+
+def build_strategy(cfg: TrainerConfig, model: Any) -> Any:
+    """``fsdp`` gets the model's decoder layer as its wrapping unit and ``use_orig_params`` (LoRA
+    mixes frozen and trainable weights); any other name goes to Lightning as it is."""
+    if cfg.strategy != "fsdp":
+        return cfg.strategy
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = {type(m) for m in model.modules() if type(m).__name__ in names}
+    return FSDPStrategy(
+        auto_wrap_policy=layers or None,
+        use_orig_params=True,
+        state_dict_type="full",
+        sharding_strategy="FULL_SHARD",
+    )
+
+
+def build_model(policy: Policy, cfg: TrainerConfig) -> Any:
+    model = load_causal_lm(policy.path, policy.spec)
+    model.config.use_cache = False
+    return model
+
+
+def prepare_for_training(model: Any, cfg: TrainerConfig) -> Any:
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        model = attach_lora(model, cfg)
+    model.train()
+    return model
+
+
+def total_steps(batches_per_epoch: int, cfg: TrainerConfig) -> int:
+    """Optimizer steps of the run (what the learning-rate schedule spans): Lightning steps at
+    the end of an epoch even when the last accumulation window is short."""
+    per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total = per_epoch * cfg.epochs
+    return min(total, cfg.max_steps) if cfg.max_steps > 0 else total
+
+
 def train_policy(
     pairs_df: pd.DataFrame,
     policy: Policy,
@@ -104,37 +253,36 @@ def train_policy(
     """Train on ``pairs_df`` and write ``out_dir/checkpoint`` (save_pretrained). Returns metrics.
 
     Lightning checkpoints go to ``resume_dir`` (the stage's partial folder), so a killed run
-    resumes from the last one."""
+    resumes from the last one, exactly where it stopped."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tok = policy.tokenizer
     pairs, trunc = tokenize_pairs(pairs_df, tok, cfg.max_length, cfg.max_prompt_length)
-    ref, ref_reused = cached_reference_logps(cache, policy, pairs, cfg)
-    batches = plan_batches(pairs, cfg.batch_size, keep_order)
-    steps_per_epoch = math.ceil(len(batches) / cfg.grad_accum)
-    total = cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.epochs
+    if not pairs:
+        raise ValueError("no pairs to train on")
+    model = build_model(policy, cfg)
+    layout = resolve_layout(cfg, model, pairs)
+    started = time.perf_counter()
+    ref, ref_reused = cached_reference_logps(cache, policy, pairs, cfg, model, layout)
+    ref_seconds = time.perf_counter() - started
+    model = prepare_for_training(model, cfg)
 
-    model = load_causal_lm(policy.path, policy.spec)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.lora.enabled:
-        model = attach_lora(model, cfg)
-    model.train()
-    module = PreferenceModule(model, loss, cfg, total)
-    data = PairDataModule(
-        BatchDataset(pairs, batches, tok.pad_token_id, ref), shuffle=not keep_order, seed=cfg.seed
-    )
+    lengths = [pair_length(p, layout) for p in pairs]
     ckpt_dir = (resume_dir or out_dir) / "lightning"
-    checkpoints = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        every_n_train_steps=cfg.checkpoint_every_n_steps,
-        save_last=True,
-        save_top_k=0,
-    )
+    callbacks = []
+    if cfg.checkpoint_every_n_steps > 0:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                every_n_train_steps=cfg.checkpoint_every_n_steps,
+                save_last=True,
+                save_top_k=0,
+            )
+        )
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        strategy=build_strategy(cfg, model),
         precision=cfg.precision,
         max_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -142,31 +290,75 @@ def train_policy(
         gradient_clip_val=cfg.grad_clip or None,
         log_every_n_steps=cfg.log_every_n_steps,
         logger=loggers or False,
-        callbacks=[checkpoints],
+        callbacks=callbacks,
+        enable_checkpointing=bool(callbacks),
         default_root_dir=str(out_dir),
         enable_model_summary=False,
-        enable_progress_bar=True,
+        enable_progress_bar=sys.stdout.isatty(),  # a live bar on a terminal, not in logs
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the sampler shards global batches itself
     )
+    sampler = EpochBatchSampler(
+        lengths,
+        cfg.batch_size,
+        keep_order,
+        cfg.seed,
+        world=lambda: (trainer.global_rank, trainer.world_size),
+    )
+    loader = ResumableLoader(BatchDataset(pairs, None, tok.pad_token_id, ref, layout), sampler)
+    module = PreferenceModule(model, loss, cfg, total_steps(len(sampler), cfg))
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    loader.progress = lambda: progress.current.processed
     last = ckpt_dir / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    resume = str(last) if callbacks and last.exists() else None
+    if resume:
+        log.info("resuming training from %s", last)
+    started = time.perf_counter()
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
+    fit_seconds = time.perf_counter() - started
 
-    if trainer.global_rank == 0:
-        save_checkpoint(module.model, tok, cfg, out_dir / "checkpoint")
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    save_final(trainer, module, policy, tok, cfg, out_dir / "checkpoint")
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(
         {
             "train/pairs": len(pairs),
             "train/steps": int(trainer.global_step),
+            "train/layout_stacked": layout == "stacked",
+            "train/layout_shared": layout == "shared",
+            "train/layout_prefix": layout == "prefix",
+            "train/resumed": bool(resume),
             "train/reference_reused": ref_reused,
+            "train/reference_seconds": round(ref_seconds, 3),
+            "train/fit_seconds": round(fit_seconds, 3),
             **{f"train/{k}": v for k, v in trunc.items()},
         }
     )
+    if module.batch_losses:
+        metrics["train/first_loss"] = module.batch_losses[0]
     return metrics
+
+
+def save_final(
+    trainer: L.Trainer, module: PreferenceModule, policy: Policy, tok: Any, cfg: TrainerConfig,
+    path: Path,
+) -> None:
+    """Rank 0 writes the final weights. Under FSDP every rank takes part in gathering them."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy):
+        state = trainer.strategy.lightning_module_state_dict()
+        if trainer.global_rank == 0:
+            model = prepare_for_training(build_model(policy, cfg), cfg)
+            model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+            save_checkpoint(model, tok, cfg, path)
+    elif trainer.global_rank == 0:
+        save_checkpoint(module.model, tok, cfg, path)
+    trainer.strategy.barrier("sweetspot-save")
 
 
 def save_checkpoint(model: Any, tok: Any, cfg: TrainerConfig, path: Path) -> None:
     """A folder ``from_pretrained`` loads: merged weights, or the LoRA adapter alone."""
+    model = model.to("cpu")
     if cfg.lora.enabled and cfg.save == "merged":
         model = model.merge_and_unload()
     model.save_pretrained(path, safe_serialization=True)
