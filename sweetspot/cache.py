@@ -66,6 +66,11 @@ class StageContext:
     partial_dir: Path
 
 
+def worker_rank() -> int:
+    """The process's rank inside a distributed job launched by Lightning (0 elsewhere)."""
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+
+
 class StageCache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -123,6 +128,8 @@ class StageCache:
         key = self.key(stage, config, inputs)
         stage_dir = self.root / stage
         stage_dir.mkdir(parents=True, exist_ok=True)
+        if worker_rank() != 0:
+            return self._compute_as_worker(stage, key, compute)
         with FileLock(str(stage_dir / f"{key}.lock")):
             found = self.lookup(stage, key)
             if found is not None:
@@ -157,3 +164,19 @@ class StageCache:
             shutil.rmtree(partial, ignore_errors=True)
             log.info("stage %s: computed %s in %.1fs", stage, key, meta["seconds"])
             return Entry(stage, key, self.entry_dir(stage, key), meta, reused=False)
+
+    def _compute_as_worker(self, stage: str, key: str,
+                           compute: Callable[[StageContext], dict | None]) -> Entry:
+        """A DDP worker re-runs the pipeline beside rank 0: it reads finished entries, and joins
+        the computation of the one rank 0 is inside (training) without taking its lock or
+        committing anything, which would deadlock or race."""
+        found = self.lookup(stage, key)
+        if found is not None:
+            return found
+        tmp = self.root / stage / f"{key}.rank{worker_rank()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            extra = compute(StageContext(out_dir=tmp, partial_dir=tmp / "partial")) or {}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Entry(stage, key, tmp, {"stage": stage, "key": key, **extra}, reused=False)

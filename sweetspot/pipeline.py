@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from sweetspot.cache import Entry, StageCache
+from sweetspot.cache import Entry, StageCache, worker_rank
 from sweetspot.config import Plan, validate
 from sweetspot.data import pairs_for_trl, read_table, write_json, write_jsonl, write_table
 from sweetspot.errors import ConfigError, SweetspotError
@@ -454,6 +454,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         plan.logger.log_pairs(pairs)
         if cfg.until in ("train", "evaluate"):
             checkpoint = stage_train(s, pairs)
+            if worker_rank() != 0:  # a DDP worker's part ends with training
+                return s.metrics
             link(run_dir / "checkpoint", checkpoint)
         if cfg.until == "evaluate":
             s.metrics.update(stage_evaluate(s, prompts, checkpoint))
