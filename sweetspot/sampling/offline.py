@@ -1,0 +1,525 @@
+"""Responses that already exist: several completions per prompt, optional scores and optional
+pairwise comparisons, read from JSONL, Parquet or a HF ``datasets`` folder (``save_to_disk``).
+
+The generic row::
+
+    {"id": "q1",                                 # optional (id_field); else row-<line>
+     "prompt": "..." | [{"role", "content"}, ...],
+     "responses": ["...", "...", ...],
+     "scores": [4.0, 2.5, ...],                  # optional, one per response
+     "comparisons": [[0, 1, 0.9], [2, 1, 1.0]]}  # optional: P(response i beats response j)
+
+Other layouts go through the field mapping. UltraFeedback (``instruction``, ``completions`` as a
+list of dicts with ``response``, ``overall_score`` and ``annotations.<aspect>.Rating``)::
+
+    prompt_field: instruction
+    responses_field: completions
+    response_key: response            # completions are dicts: the text is under this key
+    score_fields:                     # output column -> key path inside each completion
+      score: overall_score
+      score/helpfulness: annotations.helpfulness.Rating
+      score/honesty: annotations.honesty.Rating
+
+Key paths are dotted; a part that is a number indexes a list. When ``response_key`` is null the
+responses are strings and a score path is read on the row and must give one value per response.
+
+Output columns: the sampler's usual ones (``num_tokens`` is missing, ``<NA>``, since no tokenizer
+is involved; ``finish_reason`` is ``"offline"``; ``logp`` is NaN) plus the score columns.
+``score`` is the main score by convention and ``score/<aspect>`` the others (the
+names are the keys of ``score_fields``, so any name works); ``scorer=column`` reads them. A score
+that is missing, null, ``"N/A"``, NaN or infinite is kept as NaN and counted; a response that is
+the empty string is kept and counted. Structural errors (malformed JSON, responses not a list,
+scores of another length than the responses, a bad comparison, a duplicate id) raise
+:class:`DataError` naming the file, the 1-based line (row for Parquet and datasets) and the field.
+The counts (``offline/empty_responses``, ``offline/nan_scores/<column>``,
+``offline/prompts_without_responses``, ...) are in ``data().stats`` and in ``run()``'s stats.
+
+Prompts: since they come from the file, :meth:`OfflineSampler.load_prompts` gives the prompts
+table (``prompt_id``, ``prompt``, ``split = "train"``) for the pipeline to use instead of the
+task's. Comparisons: :meth:`OfflineSampler.comparisons` gives them as a side table with the
+denoiser's columns ``prompt_id, i, j, p`` (i, j are sample ids: positions in the responses list;
+p the probability that i beats j), optionally restricted to some prompt ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sweetspot.data import as_messages, read_jsonl
+from sweetspot.errors import DataError
+from sweetspot.sampling.base import Sampler
+from sweetspot.sampling.openai import fields_config
+from sweetspot.validation import at_least, one_of, require
+
+FORMATS = ("auto", "jsonl", "parquet", "hf_disk")
+MISSING_MARKERS = frozenset({"", "n/a", "na", "none", "null", "nan", "-"})
+COMPARISON_COLUMNS = ("prompt_id", "i", "j", "p")
+
+
+@dataclass
+class OfflineData:
+    """What the file holds, validated: one row per response, prompts, comparisons, counts."""
+
+    prompts: pd.DataFrame
+    responses: pd.DataFrame
+    comparisons: pd.DataFrame
+    stats: dict[str, int]
+
+
+@dataclass(kw_only=True)
+class OfflineSampler(Sampler):
+    path: str
+    format: str = "auto"
+    split: str = "train"  # which split of a saved DatasetDict (format hf_disk)
+    prompt_field: str = "prompt"
+    responses_field: str = "responses"
+    response_key: str | None = None
+    score_fields: dict[str, str] | None = None
+    id_field: str | None = "id"
+    comparisons_field: str | None = "comparisons"
+    n: int | None = None  # keep the first n responses of each prompt (null: all of them)
+    needs_model: bool = False
+
+    def __post_init__(self) -> None:
+        self._data: OfflineData | None = None  # parsed on first use; not a config field
+        at_least("shard_size", self.shard_size, 1)
+        if self.n is not None:
+            at_least("n", self.n, 1)
+        one_of("format", self.format, FORMATS)
+        require(bool(self.path), "path", "must name a file or a datasets folder")
+        require(bool(self.prompt_field), "prompt_field", "must name a field")
+        require(bool(self.responses_field), "responses_field", "must name a field")
+        for column, key in (self.score_fields or {}).items():
+            require(bool(column) and bool(key), "score_fields", f"empty entry {column!r}: {key!r}")
+            require(
+                column not in _RESERVED,
+                f"score_fields.{column}",
+                f"{column!r} is a column of the responses table; choose another name",
+            )
+
+    # -- cache key -----------------------------------------------------------------------------
+
+    def execution_only(self) -> tuple[str, ...]:
+        return (*super().execution_only(), "seed")  # nothing is drawn: the seed changes nothing
+
+    def cache_config(self) -> dict:
+        config = fields_config(self)
+        config["content_sha256"] = content_hash(Path(self.path).expanduser())
+        return config
+
+    # -- the pipeline's entry points -----------------------------------------------------------
+
+    def load_prompts(self) -> pd.DataFrame:
+        """``prompt_id``, ``prompt`` (chat messages), ``split`` (all ``train``), in file order."""
+        return self.data().prompts.copy()
+
+    def sample(self, prompts: pd.DataFrame, policy: Any = None) -> pd.DataFrame:
+        """The file's responses of ``prompts`` (in their order), with the score columns."""
+        data = self.data()
+        wanted = [str(p) for p in prompts["prompt_id"]]
+        unknown = sorted(set(wanted) - set(data.prompts["prompt_id"]))
+        if unknown:
+            raise DataError(
+                f"{len(unknown)} prompt id(s) are not in the file, e.g. {unknown[0]!r}; the "
+                "offline sampler samples the prompts of its own file (load_prompts())",
+                path=self.path,
+            )
+        order = {pid: k for k, pid in enumerate(wanted)}
+        table = data.responses[data.responses["prompt_id"].isin(order)]
+        keys = table["prompt_id"].map(order)
+        return (
+            table.assign(_order=keys)
+            .sort_values(["_order", "sample_id"], kind="stable")
+            .drop(columns="_order")
+            .reset_index(drop=True)
+        )
+
+    def comparisons(self, prompt_ids: Any = None) -> pd.DataFrame:
+        """The file's pairwise comparisons (``prompt_id, i, j, p``), optionally of some prompts."""
+        table = self.data().comparisons
+        if prompt_ids is not None:
+            table = table[table["prompt_id"].isin({str(p) for p in prompt_ids})]
+        return table.reset_index(drop=True)
+
+    def run(
+        self, prompts: pd.DataFrame, policy: Any, partial_dir: Path
+    ) -> tuple[pd.DataFrame, dict]:
+        table, stats = super().run(prompts, policy, partial_dir)
+        return table, {**stats, **self.data().stats}
+
+    # -- reading and validation ----------------------------------------------------------------
+
+    def data(self) -> OfflineData:
+        if self._data is None:
+            self._data = self._parse()
+        return self._data
+
+    def resolved_format(self) -> str:
+        if self.format != "auto":
+            return self.format
+        path = Path(self.path).expanduser()
+        if path.is_dir():
+            return "hf_disk"
+        name = path.name.lower()
+        if name.endswith((".parquet", ".pq")):
+            return "parquet"
+        if name.endswith((".jsonl", ".json", ".jsonl.txt", ".ndjson")):
+            return "jsonl"
+        raise DataError(
+            "cannot tell the format from the name; set sampler.format to jsonl, parquet or hf_disk",
+            path=self.path,
+        )
+
+    def _rows(self) -> list[dict]:
+        path = Path(self.path).expanduser()
+        if not path.exists():
+            raise DataError("file not found", path=self.path)
+        fmt = self.resolved_format()
+        if fmt == "jsonl":
+            return read_jsonl(path)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                return pq.read_table(path).to_pylist()
+            except Exception as e:  # pyarrow raises several types for a broken file
+                raise DataError(f"not a readable Parquet file: {e}", path=self.path) from None
+        import datasets
+
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as e:
+            raise DataError(f"not a datasets folder (save_to_disk): {e}", path=self.path) from None
+        if isinstance(loaded, datasets.DatasetDict):
+            if self.split not in loaded:
+                raise DataError(
+                    f"the saved DatasetDict has no split {self.split!r} (it has "
+                    f"{sorted(loaded)}); set sampler.split",
+                    path=self.path,
+                )
+            loaded = loaded[self.split]
+        return loaded.to_list()
+
+    def _parse(self) -> OfflineData:
+        rows = self._rows()
+        if not rows:
+            raise DataError("no rows", path=self.path)
+        explicit_scores = self.score_fields is not None
+        score_fields = self.score_fields if explicit_scores else {"score": "scores"}
+        found = dict.fromkeys(score_fields, False)
+        prompts, responses, comparisons = [], [], []
+        seen: dict[str, int] = {}
+        stats = {
+            "offline/prompts": 0,
+            "offline/responses": 0,
+            "offline/empty_responses": 0,
+            "offline/prompts_without_responses": 0,
+            "offline/comparisons": 0,
+            **{f"offline/nan_scores/{c}": 0 for c in score_fields},
+        }
+        for line, row in enumerate(rows, start=1):
+            where = {"path": self.path, "line": line}
+            pid = self._prompt_id(row, line, where)
+            if pid in seen:
+                raise DataError(
+                    f"duplicate id {pid!r} (first on line {seen[pid]})",
+                    field=self.id_field or "id",
+                    **where,
+                )
+            seen[pid] = line
+            messages = self._prompt(row, where)
+            texts, items = self._responses(row, where)
+            total = len(texts)
+            if self.n is not None:
+                texts, items = texts[: self.n], items[: self.n]
+            columns: dict[str, list[float]] = {}
+            for column, key in score_fields.items():
+                values = self._scores(row, items, key, len(texts), where, column)
+                if values is None:
+                    columns[column] = [math.nan] * len(texts)
+                    if texts:
+                        stats[f"offline/nan_scores/{column}"] += len(texts)
+                    continue
+                found[column] = True
+                columns[column] = values
+                stats[f"offline/nan_scores/{column}"] += sum(math.isnan(v) for v in values)
+            comparisons.extend(self._comparisons(row, pid, total, len(texts), where))
+            prompts.append({"prompt_id": pid, "prompt": messages, "split": "train"})
+            if not texts:
+                stats["offline/prompts_without_responses"] += 1
+            for k, text in enumerate(texts):
+                stats["offline/empty_responses"] += text == ""
+                responses.append(
+                    {
+                        "prompt_id": pid,
+                        "sample_id": k,
+                        "response": text,
+                        "num_tokens": None,
+                        "finish_reason": "offline",
+                        "logp": math.nan,
+                        "skip_reason": None,
+                        **{c: v[k] for c, v in columns.items()},
+                    }
+                )
+        if explicit_scores:
+            for column, ok in found.items():
+                if not ok:
+                    raise DataError(
+                        f"score_fields.{column} = {score_fields[column]!r} was found in no row",
+                        path=self.path,
+                        field=score_fields[column],
+                    )
+        else:
+            for column, ok in found.items():  # the default 'scores' field is optional
+                if not ok:
+                    stats.pop(f"offline/nan_scores/{column}")
+        score_columns = [c for c in score_fields if explicit_scores or found[c]]
+        table = pd.DataFrame(
+            responses,
+            columns=[
+                "prompt_id",
+                "sample_id",
+                "response",
+                "num_tokens",
+                "finish_reason",
+                "logp",
+                "skip_reason",
+                *score_fields,
+            ],
+        )
+        table = table.drop(columns=[c for c in score_fields if c not in score_columns])
+        table["sample_id"] = table["sample_id"].astype("int64")
+        table["num_tokens"] = table["num_tokens"].astype("Int64")
+        table["logp"] = table["logp"].astype(float)
+        for column in score_columns:
+            table[column] = table[column].astype(float)
+        stats["offline/prompts"] = len(prompts)
+        stats["offline/responses"] = len(table)
+        stats["offline/comparisons"] = len(comparisons)
+        return OfflineData(
+            prompts=pd.DataFrame(prompts, columns=["prompt_id", "prompt", "split"]),
+            responses=table,
+            comparisons=pd.DataFrame(comparisons, columns=list(COMPARISON_COLUMNS)).astype(
+                {"i": "int64", "j": "int64", "p": float}
+            ),
+            stats=stats,
+        )
+
+    def _prompt_id(self, row: dict, line: int, where: dict) -> str:
+        if self.id_field and self.id_field in row and row[self.id_field] is not None:
+            value = row[self.id_field]
+            if isinstance(value, (dict, list)):
+                raise DataError(
+                    f"id must be a string or a number, got {value!r:.60}",
+                    field=self.id_field,
+                    **where,
+                )
+            return str(value)
+        return f"row-{line:06d}"
+
+    def _prompt(self, row: dict, where: dict) -> list[dict]:
+        if self.prompt_field not in row:
+            raise DataError("missing prompt", field=self.prompt_field, **where)
+        try:
+            messages = as_messages(_plain(row[self.prompt_field]), self.prompt_field)
+        except DataError as e:
+            raise DataError(str(e).split(" (field")[0], field=self.prompt_field, **where) from None
+        if not any(m["content"].strip() for m in messages):
+            raise DataError("empty prompt", field=self.prompt_field, **where)
+        return messages
+
+    def _responses(self, row: dict, where: dict) -> tuple[list[str], list[Any]]:
+        name = self.responses_field
+        if name not in row:
+            raise DataError("missing responses", field=name, **where)
+        items = _plain(row[name])
+        if not isinstance(items, list):
+            raise DataError(
+                f"responses must be a list, got {type(items).__name__}", field=name, **where
+            )
+        texts = []
+        for k, item in enumerate(items):
+            if self.response_key is not None:
+                if not isinstance(item, dict):
+                    raise DataError(
+                        f"item {k} must be an object with {self.response_key!r}, got "
+                        f"{type(item).__name__}",
+                        field=name,
+                        **where,
+                    )
+                text = item.get(self.response_key)
+                label = f"{name}[{k}].{self.response_key}"
+            else:
+                text, label = item, f"{name}[{k}]"
+            if not isinstance(text, str):
+                hint = (
+                    "; the items are objects: set sampler.response_key"
+                    if isinstance(item, dict) and self.response_key is None
+                    else ""
+                )
+                raise DataError(
+                    f"a response must be a string, got {type(text).__name__}{hint}",
+                    field=label,
+                    **where,
+                )
+            texts.append(text)
+        return texts, items
+
+    def _scores(
+        self, row: dict, items: list, key: str, count: int, where: dict, column: str
+    ) -> list[float] | None:
+        """One float per response (NaN where missing), or None when the field is absent."""
+        if self.response_key is not None:  # inside each completion
+            raw = [_lookup(item, key) for item in items[:count]]
+            if all(v is _ABSENT for v in raw):
+                return None
+            return [
+                _to_float(v, where, f"{self.responses_field}[{k}].{key}") for k, v in enumerate(raw)
+            ]
+        raw = _lookup(row, key)
+        if raw is _ABSENT or raw is None:
+            return None
+        raw = _plain(raw)
+        if not isinstance(raw, list):
+            raise DataError(f"scores must be a list, got {type(raw).__name__}", field=key, **where)
+        total = len(_plain(row[self.responses_field]))
+        if len(raw) != total:
+            raise DataError(
+                f"{len(raw)} scores for {total} responses (column {column!r})", field=key, **where
+            )
+        return [_to_float(v, where, f"{key}[{k}]") for k, v in enumerate(raw[:count])]
+
+    def _comparisons(self, row: dict, pid: str, total: int, count: int, where: dict) -> list[dict]:
+        """The row's comparisons; those naming a response beyond ``n`` (kept: ``count`` of
+        ``total``) are dropped."""
+        name = self.comparisons_field
+        if not name or name not in row or row[name] is None:
+            return []
+        items = _plain(row[name])
+        if not isinstance(items, list):
+            raise DataError(
+                f"comparisons must be a list of [i, j, p], got {type(items).__name__}",
+                field=name,
+                **where,
+            )
+        out = []
+        for k, item in enumerate(items):
+            label = f"{name}[{k}]"
+            item = _plain(item)
+            if isinstance(item, dict):
+                item = [item.get("i"), item.get("j"), item.get("p")]
+            if not isinstance(item, list) or len(item) != 3:
+                raise DataError(f"expected [i, j, p], got {item!r:.60}", field=label, **where)
+            i, j, p = item
+            for value in (i, j):
+                # Parquet and Arrow store [i, j, p] as a list of doubles: 1.0 is index 1.
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float, np.integer, np.floating))
+                    or not float(value).is_integer()
+                ):
+                    raise DataError(
+                        f"i and j must be response indices, got {value!r}", field=label, **where
+                    )
+                if not 0 <= value < total:
+                    raise DataError(
+                        f"index {value} is out of range for {total} responses",
+                        field=label,
+                        **where,
+                    )
+            i, j = int(i), int(j)
+            if i == j:
+                raise DataError("a response compared with itself", field=label, **where)
+            try:
+                prob = float(p)
+            except (TypeError, ValueError):
+                prob = math.nan
+            if not 0.0 <= prob <= 1.0:
+                raise DataError(
+                    f"p must be a probability in [0, 1], got {p!r}", field=label, **where
+                )
+            if i < count and j < count:
+                out.append({"prompt_id": pid, "i": i, "j": j, "p": prob})
+        return out
+
+
+_RESERVED = frozenset(
+    {"prompt_id", "sample_id", "response", "num_tokens", "finish_reason", "logp", "skip_reason"}
+)
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+_ABSENT = _Absent()
+
+
+def _plain(value: Any) -> Any:
+    """NumPy arrays (what pandas hands back for lists) as lists."""
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def _lookup(obj: Any, key: str) -> Any:
+    """The value at a dotted key path; a numeric part indexes a list. ``_ABSENT`` if missing."""
+    for part in key.split("."):
+        obj = _plain(obj)
+        if isinstance(obj, dict):
+            if part not in obj:
+                return _ABSENT
+            obj = obj[part]
+        elif isinstance(obj, list) and part.lstrip("-").isdigit():
+            index = int(part)
+            if not -len(obj) <= index < len(obj):
+                return _ABSENT
+            obj = obj[index]
+        else:
+            return _ABSENT
+    return obj
+
+
+def _to_float(value: Any, where: dict, label: str) -> float:
+    """A score as a float; missing markers, NaN and inf become NaN (counted by the caller)."""
+    if value is _ABSENT or value is None:
+        return math.nan
+    if isinstance(value, bool):
+        raise DataError(f"a score must be a number, got {value!r}", field=label, **where)
+    if isinstance(value, str):
+        if value.strip().lower() in MISSING_MARKERS:
+            return math.nan
+        try:
+            value = float(value)
+        except ValueError:
+            raise DataError(
+                f"a score must be a number, got {value!r:.40}", field=label, **where
+            ) from None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"a score must be a number, got {type(value).__name__}", field=label, **where
+        ) from None
+    return number if math.isfinite(number) else math.nan
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents) in name order."""
+    digest = hashlib.sha256()
+    if not path.exists():
+        raise DataError("file not found", path=str(path))
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
