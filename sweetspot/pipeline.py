@@ -380,6 +380,10 @@ def stage_evaluate(s: RunState, prompts: pd.DataFrame, checkpoint: Path) -> dict
 
     augment = getattr(s.plan.selection, "augment", None)
     system = augment.eval_system_prompt() if augment is not None else None
+    if not (prompts["split"] == "heldout").any():
+        raise SweetspotError("evaluation needs held-out prompts and this run has none (offline "
+                             "data has no held-out split): set until=train, or use a task with "
+                             "held-out prompts")
     trained_spec = ModelSpec(
         source="hf",
         name_or_path=str(checkpoint),

@@ -105,3 +105,22 @@ def test_malformed_jsonl_names_file_and_line(make_cfg, tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match=r"prompts\.jsonl:2: malformed JSON"):
         run_pipeline(make_cfg(*TINY, "task=jsonl", f"task.path={path}"), tmp_path / "run")
+
+
+def test_offline_completions_become_pairs_without_a_model(make_cfg, tmp_path: Path) -> None:
+    rows = [{"prompt": "Name a color.", "responses": ["Blue.", "Red?", "Green", "Hm"],
+             "scores": [0.9, 0.5, 0.7, 0.1]},
+            {"prompt": "Say hi.", "responses": ["hi", "Hello!", "hey", "Yo"],
+             "scores": [0.2, 0.8, 0.4, 0.6]}]
+    path = tmp_path / "completions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_cfg("sampler=offline", f"sampler.path={path}", "scorer=column",
+                   "selection=max_min", "logger=none")
+    assert cfg.until == "select"
+    run_pipeline(cfg, tmp_path / "run")
+    pairs = [json.loads(line) for line in (tmp_path / "run" / "pairs.jsonl").read_text().splitlines()]
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
+        ("Blue.", "Hm"), ("Hello!", "hi")]
+    assert [p["margin"] for p in pairs] == pytest.approx([0.8, 0.6])
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert "train" not in stages and "answers_trained" not in stages

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,8 @@ class Sampler(ABC):
 
     def cache_config(self) -> dict:
         """The fields that change the output (the cache key); execution-only fields excluded."""
-        return {k: v for k, v in vars(self).items() if k not in self.execution_only()}
+        skip = self.execution_only()
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
     def execution_only(self) -> tuple[str, ...]:
         return ("shard_size", "batch_size", "progress", "use_n")
