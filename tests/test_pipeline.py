@@ -118,7 +118,8 @@ def test_offline_completions_become_pairs_without_a_model(make_cfg, tmp_path: Pa
                    "selection=max_min", "logger=none")
     assert cfg.until == "select"
     run_pipeline(cfg, tmp_path / "run")
-    pairs = [json.loads(line) for line in (tmp_path / "run" / "pairs.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "run" / "pairs.jsonl").read_text().splitlines()
+    pairs = [json.loads(line) for line in lines]
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
         ("Blue.", "Hm"), ("Hello!", "hi")]
     assert [p["margin"] for p in pairs] == pytest.approx([0.8, 0.6])
