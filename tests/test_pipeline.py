@@ -125,3 +125,13 @@ def test_offline_completions_become_pairs_without_a_model(make_cfg, tmp_path: Pa
     assert [p["margin"] for p in pairs] == pytest.approx([0.8, 0.6])
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert "train" not in stages and "answers_trained" not in stages
+
+
+def test_wandb_offline_run_holds_pairs_and_plots(make_cfg, tmp_path: Path) -> None:
+    run_pipeline(make_cfg("experiment=tiny", "logger=wandb"), tmp_path / "run")
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    table = json.loads(next(runs[0].glob("files/media/table/pairs_*.table.json")).read_text())
+    assert {"chosen", "rejected", "chosen_reward", "rejected_reward"} <= set(table["columns"])
+    assert len(table["data"]) == len(pd.read_parquet(tmp_path / "run" / "pairs.parquet"))
+    assert list(runs[0].glob("files/media/images/reward_distribution_*.png"))
