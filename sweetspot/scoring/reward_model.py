@@ -223,7 +223,8 @@ class RewardModelScorer(Scorer):
             warn_cpu_bf16(self.dtype, device, f"reward model {path}")
             try:
                 model, info = AutoModelForSequenceClassification.from_pretrained(
-                    path, dtype=DTYPES[self.dtype], output_loading_info=True, **self._extra())
+                    path, dtype=DTYPES[self.dtype], output_loading_info=True,
+                    use_safetensors=True, **self._extra())
             except (OSError, ValueError, KeyError) as err:
                 raise SweetspotError(f"reward model {path}: cannot load it as "
                                      f"AutoModelForSequenceClassification "
