@@ -16,7 +16,9 @@ from sweetspot.validation import at_least, require
 
 log = logging.getLogger(__name__)
 
-RESPONSE_COLUMNS = ("prompt_id", "sample_id", "response", "num_tokens", "finish_reason", "logp")
+RESPONSE_COLUMNS = (
+    "prompt_id", "sample_id", "response", "num_tokens", "finish_reason", "logp", "skip_reason",
+)
 
 
 @dataclass(kw_only=True)

@@ -54,7 +54,7 @@ import pandas as pd
 
 from sweetspot.data import as_messages, read_jsonl
 from sweetspot.errors import DataError
-from sweetspot.sampling.base import Sampler
+from sweetspot.sampling.base import RESPONSE_COLUMNS, Sampler
 from sweetspot.sampling.openai import fields_config
 from sweetspot.validation import at_least, one_of, require
 
@@ -283,16 +283,7 @@ class OfflineSampler(Sampler):
         score_columns = [c for c in score_fields if explicit_scores or found[c]]
         table = pd.DataFrame(
             responses,
-            columns=[
-                "prompt_id",
-                "sample_id",
-                "response",
-                "num_tokens",
-                "finish_reason",
-                "logp",
-                "skip_reason",
-                *score_fields,
-            ],
+            columns=[*RESPONSE_COLUMNS, *score_fields],
         )
         table = table.drop(columns=[c for c in score_fields if c not in score_columns])
         table["sample_id"] = table["sample_id"].astype("int64")

@@ -39,7 +39,7 @@ import pandas as pd
 
 from sweetspot.data import as_messages
 from sweetspot.errors import ConfigError, SweetspotError
-from sweetspot.sampling.base import Sampler
+from sweetspot.sampling.base import RESPONSE_COLUMNS, Sampler
 from sweetspot.sampling.hf import prompt_seed
 from sweetspot.validation import at_least, non_negative, one_of, positive, require
 
@@ -274,7 +274,7 @@ class OpenAISampler(Sampler):
             for f, k in futures.items():
                 results[k] = f.result()
         rows = [row for k in range(len(jobs)) for row in results[k]]
-        table = pd.DataFrame(rows, columns=list(_COLUMNS))
+        table = pd.DataFrame(rows, columns=list(RESPONSE_COLUMNS))
         table["num_tokens"] = table["num_tokens"].astype("Int64")
         table["logp"] = table["logp"].astype(float)
         return table
@@ -290,15 +290,6 @@ class OpenAISampler(Sampler):
         return fields_config(self)
 
 
-_COLUMNS = (
-    "prompt_id",
-    "sample_id",
-    "response",
-    "num_tokens",
-    "finish_reason",
-    "logp",
-    "skip_reason",
-)
 
 
 def fields_config(sampler: Sampler) -> dict:

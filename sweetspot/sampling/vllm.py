@@ -138,7 +138,7 @@ class VLLMSampler(Sampler):
         table = (
             pd.concat(tables, ignore_index=True)
             if tables
-            else pd.DataFrame(columns=[*RESPONSE_COLUMNS, "skip_reason"])
+            else pd.DataFrame(columns=list(RESPONSE_COLUMNS))
         )
         return table, {"shards_resumed": resumed}
 
@@ -305,7 +305,7 @@ def _child(
                 rows += outputs_to_rows([ids[k] for k in keep], outputs)
             order = {pid: k for k, pid in enumerate(ids)}
             rows.sort(key=lambda r: (order[r["prompt_id"]], r["sample_id"]))
-            write_table(pd.DataFrame(rows, columns=[*RESPONSE_COLUMNS, "skip_reason"]), path)
+            write_table(pd.DataFrame(rows, columns=list(RESPONSE_COLUMNS)), path)
     except BaseException:
         Path(error_file).write_text(traceback.format_exc()[-4000:])
         raise SystemExit(1) from None
