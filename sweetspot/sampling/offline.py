@@ -55,7 +55,6 @@ import pandas as pd
 from sweetspot.data import as_messages, read_jsonl
 from sweetspot.errors import DataError
 from sweetspot.sampling.base import RESPONSE_COLUMNS, Sampler
-from sweetspot.sampling.openai import fields_config
 from sweetspot.validation import at_least, one_of, require
 
 FORMATS = ("auto", "jsonl", "parquet", "hf_disk")
@@ -110,7 +109,7 @@ class OfflineSampler(Sampler):
         return (*super().execution_only(), "seed")  # nothing is drawn: the seed changes nothing
 
     def cache_config(self) -> dict:
-        config = fields_config(self)
+        config = super().cache_config()
         config["content_sha256"] = content_hash(Path(self.path).expanduser())
         return config
 

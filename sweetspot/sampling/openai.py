@@ -32,7 +32,7 @@ import math
 import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -286,17 +286,8 @@ class OpenAISampler(Sampler):
         stats["num_tokens_unknown"] = int(pd.isna(table["num_tokens"]).sum()) if len(table) else 0
         return table, stats
 
-    def cache_config(self) -> dict:
-        return fields_config(self)
 
 
-
-
-def fields_config(sampler: Sampler) -> dict:
-    """The dataclass fields that change the output (the cache key), execution-only ones left
-    out; unlike ``vars()`` it never picks up attributes set at run time."""
-    skip = set(sampler.execution_only())
-    return {f.name: getattr(sampler, f.name) for f in fields(sampler) if f.name not in skip}
 
 
 def _logprob_stats(logprobs: Any) -> tuple[int | None, float]:

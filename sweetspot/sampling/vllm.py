@@ -39,7 +39,6 @@ from sweetspot.data import as_messages, read_table, write_table
 from sweetspot.errors import MissingExtraError, SweetspotError
 from sweetspot.sampling.base import RESPONSE_COLUMNS, Sampler
 from sweetspot.sampling.hf import _skipped_rows, prompt_seed
-from sweetspot.sampling.openai import fields_config
 from sweetspot.validation import at_least, non_negative, one_of, require
 
 log = logging.getLogger(__name__)
@@ -87,9 +86,6 @@ class VLLMSampler(Sampler):
             "gpu_memory_utilization",
             "enforce_eager",
         )
-
-    def cache_config(self) -> dict:
-        return fields_config(self)
 
     def engine_kwargs(self, policy: Any) -> dict:
         """``LLM(...)`` arguments: the model is the run's model folder (``policy.path``)."""
