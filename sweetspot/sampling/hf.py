@@ -112,11 +112,12 @@ class GenerationSettings:
         done = torch.zeros(rows_total, dtype=torch.bool)
         stopped = torch.zeros(rows_total, dtype=torch.bool)
         for step in range(self.max_new_tokens):
-            log_probs = torch.log_softmax(logits, dim=-1)
             choice = self._draw(logits, generators)
             live = ~done
             tokens[live, step] = choice[live].cpu()
-            logp[live] += log_probs.gather(1, choice[:, None])[:, 0][live].double().cpu()
+            # log p(token) without materialising a [rows, vocab] log-softmax
+            token_logp = logits.gather(1, choice[:, None])[:, 0] - torch.logsumexp(logits, -1)
+            logp[live] += token_logp[live].double().cpu()
             length[live] += 1
             hit_eos = torch.isin(choice, eos).cpu() & live
             stopped |= hit_eos
