@@ -28,24 +28,18 @@ def env_with_cache(cache: Path) -> dict[str, str]:
     return {**os.environ, "SWEETSPOT_CACHE": str(cache)}
 
 
-def test_submitit_local_multirun_and_report(tmp_path: Path) -> None:
+def local_sweep(tmp_path: Path, sweep_arg: str) -> Path:
+    """Run a two-job multirun through the submitit_local launcher; return the sweep folder."""
     sweep = tmp_path / "sweep"
-    cmd = [
-        *SWEETSPOT,
-        "-m",
-        "hydra/launcher=local",
-        *TINY,
-        "selection=sweet_spot,max_min",
-        f"hydra.sweep.dir={sweep}",
-    ]
-    done = subprocess.run(
-        cmd,
-        env=env_with_cache(tmp_path / "cache"),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    cmd = [*SWEETSPOT, "-m", "hydra/launcher=local", *TINY, sweep_arg, f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(cmd, env=env_with_cache(tmp_path / "cache"), capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
+    return sweep
+
+
+def test_submitit_local_multirun_and_report(tmp_path: Path) -> None:
+    sweep = local_sweep(tmp_path, "selection=sweet_spot,max_min")
     assert (sweep / ".submitit").is_dir()  # the jobs went through submitit, not in-process
     (sweep / "report.md").unlink()  # written by the sweep's callback; rebuild it from the CLI
     shown = subprocess.run(
@@ -87,24 +81,8 @@ def test_racing_jobs_compute_a_stage_once(tmp_path: Path) -> None:
 
 
 def test_failed_job_is_reported_and_the_sweep_finishes(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
     # min/max puts the rejected position above the chosen one: job 1's config is invalid.
-    cmd = [
-        *SWEETSPOT,
-        "-m",
-        "hydra/launcher=local",
-        *TINY,
-        "selection.pair=max/mu-2sigma,min/max",
-        f"hydra.sweep.dir={sweep}",
-    ]
-    done = subprocess.run(
-        cmd,
-        env=env_with_cache(tmp_path / "cache"),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = local_sweep(tmp_path, "selection.pair=max/mu-2sigma,min/max")
     table = collect(sweep).set_index("job")
     assert table.loc["0", "status"] == "ok"
     assert table.loc["1", "status"] == "failed"
