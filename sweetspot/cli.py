@@ -24,7 +24,7 @@ def summary(metrics: dict, run_dir: Path) -> str:
     keys = [
         "select/pairs",
         "pairs/margin/mean",
-        "train/train/loss",
+        "train/loss",
         "eval/reward_reference",
         "eval/reward_trained",
         "eval/win_rate",

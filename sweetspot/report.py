@@ -150,7 +150,7 @@ HEADLINE = (
     "eval/kl_estimate",
     "pairs/margin/mean",
     "select/pairs",
-    "train/train/loss",
+    "train/loss",
     "run/seconds",
 )
 
