@@ -114,16 +114,21 @@ def stage_sample(s: RunState, prompts: pd.DataFrame) -> pd.DataFrame:
     return read_table(entry.file("responses.parquet"))
 
 
+def score_responses(scorer: Any, table: pd.DataFrame) -> None:
+    """Add the scorer's columns in place; skipped rows (no response) keep NaN scores."""
+    live = table["response"].notna()
+    scores = scorer.score(table[live])
+    for col in scores.columns:
+        table.loc[live, col] = scores[col]
+
+
 def stage_score(s: RunState, prompts: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
     scorer = s.plan.scorer
 
     def compute(ctx: Any) -> dict:
         extra = [c for c in prompts.columns if c not in responses.columns or c == "prompt_id"]
         table = responses.merge(prompts[extra], on="prompt_id", how="left")
-        live = table["response"].notna()
-        scores = scorer.score(table[live])
-        for col in scores.columns:
-            table.loc[live, col] = scores[col]
+        score_responses(scorer, table)
         table["reward"] = table[scorer.column].astype(float)
         bad = int((~np.isfinite(table["reward"].to_numpy())).sum())
         write_table(table, ctx.out_dir / "scored.parquet")
@@ -352,10 +357,7 @@ def stage_answers(
     def compute(ctx: Any) -> dict:
         held = evaluator.prompts(prompts, system_prompt)
         table = evaluator.answer(held, policy)
-        live = table["response"].notna()
-        scores = scorer.score(table[live])
-        for col in scores.columns:
-            table.loc[live, col] = scores[col]
+        score_responses(scorer, table)
         if name == "answers_trained":
             from sweetspot.evaluation.evaluate import response_logps
 
