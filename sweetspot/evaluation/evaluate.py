@@ -1,9 +1,11 @@
 """Evaluation: the trained policy against its reference on held-out prompts.
 
 Both policies answer the same prompts with the same generation settings and seeds; the run's
-scorer scores both. Metrics: mean reward of each, win rate of trained over reference (ties count
-one half), per-constraint pass rates when the scorer reports them, mean length, and a KL
-estimate: the mean over the trained policy's own responses of log pi(y|x) - log pi_ref(y|x),
+scorer scores both. Metrics: mean reward of each and their difference, win rate of trained over
+reference (ties count one half), the last two with paired-bootstrap 95% intervals over prompts
+(``sweetspot.stats``); IFEval strict accuracy (prompt and instruction level) and per-constraint
+pass rates when the scorer reports them; mean length; and a KL estimate: the mean over the
+trained policy's own responses of log pi(y|x) - log pi_ref(y|x),
 the standard Monte-Carlo estimator of KL(pi || pi_ref) when responses are sampled (with greedy
 decoding it is a proxy: greedy outputs are not samples).
 """
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sweetspot import stats
 from sweetspot.sampling.hf import GenerationSettings
 from sweetspot.training.data import prompt_messages
 from sweetspot.training.logprobs import completion_logps
@@ -105,28 +108,96 @@ def response_logps(model: Any, tok: Any, table: pd.DataFrame, batch_size: int) -
 
 
 def compare(
-    trained: pd.DataFrame, reference: pd.DataFrame, reward_col: str, detail_col: str | None
-) -> dict[str, float]:
-    """Metrics of trained vs reference answers (aligned on prompt_id, sample_id)."""
+    trained: pd.DataFrame,
+    reference: pd.DataFrame,
+    reward_col: str,
+    detail_col: str | None,
+    *,
+    resamples: int = stats.RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Metrics of trained vs reference answers (aligned on prompt_id, sample_id).
+
+    Reward delta and win rate carry paired-bootstrap 95% intervals over prompts
+    (``sweetspot.stats``): the held-out set is a sample of prompts, and a difference of a few
+    hundredths on 64 prompts is noise unless its interval says otherwise. Strict accuracy is
+    IFEval's binary measure beside the graded reward: prompt level is the share of answers that
+    meet every constraint (``<scorer>/strict``), instruction level the share of all constraints
+    met exactly (from ``<scorer>/detail``). Keys a scorer has no columns for are left out.
+    """
     keys = ["prompt_id", "sample_id"]
     both = trained.merge(reference, on=keys, suffixes=("_trained", "_reference"))
     r_t, r_r = both[f"{reward_col}_trained"], both[f"{reward_col}_reference"]
     wins = (r_t > r_r).astype(float) + 0.5 * (r_t == r_r).astype(float)
-    metrics = {
+    scored = (r_t.notna() & r_r.notna()).to_numpy()  # a pair with an unscored side is no evidence
+    ids = both["prompt_id"].to_numpy()[scored]
+    t_ok, r_ok = r_t.to_numpy(float)[scored], r_r.to_numpy(float)[scored]
+    delta = stats.reward_delta(t_ok, r_ok, ids, resamples=resamples, seed=seed)
+    win = stats.win_rate(t_ok, r_ok, ids, resamples=resamples, seed=seed)
+    metrics: dict[str, Any] = {
         "eval/prompts": int(both["prompt_id"].nunique()),
         "eval/reward_trained": float(r_t.mean()),
         "eval/reward_reference": float(r_r.mean()),
+        "eval/reward_delta": delta.estimate,
+        "eval/reward_delta_ci95": delta.bounds(),
         "eval/win_rate": float(wins.mean()),
+        "eval/win_rate_ci95": win.bounds(),
         "eval/length_trained": float(both["num_tokens_trained"].mean()),
         "eval/length_reference": float(both["num_tokens_reference"].mean()),
     }
     if "kl_logratio" in trained:
         metrics["eval/kl_estimate"] = float(trained["kl_logratio"].mean())
-    if detail_col and detail_col in trained:
+    if detail_col:
+        name = detail_col.rsplit("/", 1)[0]
         for side, table in (("trained", trained), ("reference", reference)):
-            for name, rate in pass_rates(table, detail_col).items():
-                metrics[f"eval/pass/{name}/{side}"] = rate
+            prompt_level = strict_accuracy(table, name)
+            if prompt_level is not None:
+                metrics[f"eval/strict_accuracy/{side}"] = prompt_level
+            instruction_level = strict_instruction_accuracy(table, name)
+            if instruction_level is not None:
+                metrics[f"eval/strict_accuracy_instruction/{side}"] = instruction_level
+        if detail_col in trained:
+            for side, table in (("trained", trained), ("reference", reference)):
+                for kind, rate in pass_rates(table, detail_col).items():
+                    metrics[f"eval/pass/{kind}/{side}"] = rate
     return metrics
+
+
+def strict_accuracy(table: pd.DataFrame, scorer: str) -> float | None:
+    """IFEval prompt-level strict accuracy: share of answers meeting all their constraints.
+
+    ``<scorer>/strict`` when the scorer writes it; else ``<scorer>/passed == 1`` (the share of
+    constraints met is 1 exactly when all are). None when the scorer has neither column.
+    """
+    if f"{scorer}/strict" in table:
+        values = table[f"{scorer}/strict"].astype(float)
+    elif f"{scorer}/passed" in table:
+        values = (table[f"{scorer}/passed"].astype(float) == 1.0).astype(float)
+    else:
+        return None
+    values = values.dropna()
+    return float(values.mean()) if len(values) else None
+
+
+def strict_instruction_accuracy(table: pd.DataFrame, scorer: str) -> float | None:
+    """IFEval instruction-level strict accuracy: constraints met exactly / all constraints.
+
+    Counted over every answer's constraints (a response with 3 constraints weighs 3), from the
+    per-constraint credits in ``<scorer>/detail`` (met exactly when the credit is 1.0). None when
+    the scorer writes no such detail.
+    """
+    if f"{scorer}/detail" not in table:
+        return None
+    met = total = 0
+    for detail in table[f"{scorer}/detail"]:
+        if not isinstance(detail, str) or not detail:
+            continue
+        credits = json.loads(detail)
+        if not isinstance(credits, dict):
+            return None
+        met += sum(float(v) == 1.0 for v in credits.values())
+        total += len(credits)
+    return met / total if total else None
 
 
 def pass_rates(table: pd.DataFrame, detail_col: str) -> dict[str, float]:
