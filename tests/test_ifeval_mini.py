@@ -1,6 +1,8 @@
 """The built-in ``ifeval_mini`` task: the committed file, its shape, and that it is checkable."""
 
 import json
+import re
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -22,12 +24,12 @@ def _constraints(frame: pd.DataFrame) -> list[list[dict]]:
 
 def test_shape_ids_and_splits(frame):
     assert list(frame.columns) == ["prompt_id", "prompt", "split", "constraints"]
-    assert len(frame) >= 240
+    assert len(frame) == 800
     assert frame["prompt_id"].is_unique
-    assert all(pid.startswith("ifeval-") for pid in frame["prompt_id"])
+    assert list(frame["prompt_id"]) == [f"ifeval-{i:04d}" for i in range(1, 801)]
     assert set(frame["split"]) == {"train", "heldout"}
-    heldout = (frame["split"] == "heldout").mean()
-    assert 0.10 <= heldout <= 0.20
+    assert (frame["split"] == "heldout").sum() == 120  # the documented 15%
+    assert (frame["split"] == "train").sum() == 680
     for prompt in frame["prompt"]:
         assert len(prompt) == 1 and prompt[0]["role"] == "user" and prompt[0]["content"]
     assert len(load_ifeval_mini("heldout")) == (frame["split"] == "heldout").sum()
@@ -91,4 +93,44 @@ def test_committed_file_matches_generator():
 def test_generator_is_deterministic_and_seeded():
     assert generate(seed=1, num_prompts=40) == generate(seed=1, num_prompts=40)
     assert generate(seed=1, num_prompts=40) != generate(seed=2, num_prompts=40)
-    assert len(ifeval_mini.TOPICS) >= 60
+    assert len(ifeval_mini.TOPICS) >= 160
+
+
+def _type_shares(rows: list[list[dict]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per type: the share of prompts that carry it and its share of all constraints."""
+    prompts = Counter(t for row in rows for t in {c["type"] for c in row})
+    instances = Counter(c["type"] for row in rows for c in row)
+    n_instances = sum(instances.values())
+    return ({t: prompts[t] / len(rows) for t in CHECKERS},
+            {t: instances[t] / n_instances for t in CHECKERS})
+
+
+def test_heldout_types_in_training_proportions(frame):
+    rows = _constraints(frame)
+    train = [r for r, s in zip(rows, frame["split"], strict=True) if s == "train"]
+    heldout = [r for r, s in zip(rows, frame["split"], strict=True) if s == "heldout"]
+    (train_p, train_i), (held_p, held_i) = _type_shares(train), _type_shares(heldout)
+    for t in CHECKERS:
+        assert train_p[t] > 0.05 and held_p[t] > 0.05, t  # every type is really represented
+        assert abs(held_p[t] - train_p[t]) <= 0.03, (t, held_p[t], train_p[t])
+        assert abs(held_i[t] - train_i[t]) <= 0.03, (t, held_i[t], train_i[t])
+    # The number of constraints per prompt is split alike too.
+    for k in (1, 2, 3):
+        share_train = sum(len(r) == k for r in train) / len(train)
+        share_held = sum(len(r) == k for r in heldout) / len(heldout)
+        assert abs(share_held - share_train) <= 0.03, (k, share_held, share_train)
+
+
+def test_many_distinct_topics(frame):
+    # A prompt opens with its task sentence; count the distinct openings.
+    openings = {re.match(r"[^.?!]*[.?!]", p[0]["content"]).group(0) for p in frame["prompt"]}
+    assert len(openings) >= 160
+    heldout_openings = {re.match(r"[^.?!]*[.?!]", p[0]["content"]).group(0)
+                        for p, s in zip(frame["prompt"], frame["split"], strict=True)
+                        if s == "heldout"}
+    assert len(heldout_openings) >= 80  # held-out prompts are spread over many topics
+
+
+def test_split_of_a_small_generation_is_exact():
+    rows = generate(seed=3, num_prompts=60)
+    assert sum(r["split"] == "heldout" for r in rows) == 9  # round(0.15 * 60)

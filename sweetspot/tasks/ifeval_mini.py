@@ -5,6 +5,15 @@ checks (word and sentence counts, keywords, bullets, case, JSON, ...). The tasks
 the limits small, so a 135M-parameter instruct model meets some of them some of the time: the N
 samples of a prompt then differ in reward, which is what preference selection needs.
 
+Size and split: 800 prompts (``ifeval-0001`` ... ``ifeval-0800``) over 172 everyday topics
+(science, daily life, work, travel, food, nature, history, tech, health, hobbies), each with 1-3
+constraints of 15 types. Exactly 120 (15%) are held out for evaluation, 680 are for training.
+The split is stratified so that the held-out prompts' constraint types come in the same
+proportions as training's (see ``_split``: strata by primary type and number of constraints with
+largest-remainder quotas, then seeded within-stratum swaps that match every type's share; each
+type's held-out share is within 0.01 of its training share). Comparing trained and reference
+policies on the held-out prompts then measures the same task the policy was trained on.
+
 The data file is generated deterministically by ``generate()`` and committed;
 ``python -m sweetspot.tasks.ifeval_mini`` rewrites it.
 """
@@ -28,7 +37,7 @@ DATA_FILE = "ifeval_mini.jsonl"
 
 # Generation settings; changing any of them changes the committed file.
 SEED = 20250
-NUM_PROMPTS = 300
+NUM_PROMPTS = 800
 HELDOUT_FRACTION = 0.15
 # Probability of 1, 2 and 3 constraints per prompt.
 NUM_CONSTRAINT_WEIGHTS = (0.35, 0.45, 0.20)
@@ -98,6 +107,124 @@ TOPICS: list[tuple[str, list[str]]] = [
     ("Explain what clouds are made of.", ["water", "droplets", "air", "sky"]),
     ("Write a short letter to your future self.", ["future", "hope", "remember", "year"]),
     ("Explain how a compass works.", ["needle", "north", "magnet", "direction"]),
+    # Added with the 800-prompt version (science, daily life, work, travel, food, nature,
+    # history, tech, health, hobbies).
+    ("Explain how a magnet attracts metal.", ["magnet", "iron", "field", "poles"]),
+    ("Explain why ice floats on water.", ["ice", "water", "dense", "float"]),
+    ("Explain how the heart pumps blood.", ["heart", "blood", "body", "beat"]),
+    ("Explain what an earthquake is.", ["ground", "shake", "plates", "earth"]),
+    ("Explain how a seed grows into a plant.", ["seed", "roots", "soil", "water"]),
+    ("Explain why leaves change color in autumn.", ["leaves", "green", "autumn", "color"]),
+    ("Explain how sound travels.", ["sound", "waves", "air", "ears"]),
+    ("Explain what gravity does.", ["gravity", "fall", "earth", "pull"]),
+    ("Explain how a thermometer works.", ["temperature", "heat", "scale", "glass"]),
+    ("Explain why the stars twinkle at night.", ["stars", "air", "light", "night"]),
+    ("Explain how a battery stores energy.", ["battery", "energy", "power", "charge"]),
+    ("Explain what a fossil is.", ["bones", "rock", "ancient", "fossil"]),
+    ("Explain how clouds make rain.", ["clouds", "drops", "water", "rain"]),
+    ("Explain why we need to brush our teeth.", ["teeth", "brush", "germs", "smile"]),
+    ("Explain how a lighthouse helps ships.", ["light", "ships", "coast", "night"]),
+    ("Explain what a desert is like.", ["sand", "hot", "dry", "cactus"]),
+    ("Explain how birds fly.", ["wings", "air", "feathers", "birds"]),
+    ("Explain why some animals sleep through the winter.", ["winter", "food", "sleep", "cold"]),
+    ("Explain how a microwave heats food.", ["microwave", "food", "heat", "water"]),
+    ("Explain what a telescope does.", ["telescope", "stars", "lens", "sky"]),
+    ("Describe your morning routine on a school day.", ["alarm", "breakfast", "bag", "bus"]),
+    ("Give tips for keeping a tidy bedroom.", ["clothes", "bed", "shelf", "clean"]),
+    ("Describe a rainy Sunday afternoon.", ["rain", "window", "blanket", "movie"]),
+    ("Give advice for doing laundry.", ["clothes", "wash", "soap", "dry"]),
+    ("Describe a visit to the grocery store.", ["cart", "vegetables", "bread", "milk"]),
+    ("Give tips for waking up early.", ["alarm", "sleep", "light", "morning"]),
+    ("Describe your favorite room in a house.", ["room", "window", "chair", "light"]),
+    ("Give advice for walking a dog.", ["dog", "leash", "walk", "park"]),
+    ("Describe a family dinner.", ["table", "food", "family", "talk"]),
+    ("Give tips for packing a school lunch.", ["sandwich", "fruit", "water", "box"]),
+    ("Describe a neighbor you like.", ["neighbor", "kind", "garden", "help"]),
+    ("Give advice for moving to a new home.", ["boxes", "pack", "home", "neighbors"]),
+    ("Give tips for running a good team meeting.", ["agenda", "time", "team", "notes"]),
+    ("Describe a day in the life of a nurse.", ["patients", "hospital", "care", "shift"]),
+    ("Give advice for working from home.", ["desk", "breaks", "routine", "quiet"]),
+    ("Write a short note asking a coworker for help.", ["help", "project", "thanks", "time"]),
+    ("Describe what a firefighter does.", ["fire", "truck", "people", "safety"]),
+    ("Give tips for managing your time at work.", ["tasks", "list", "time", "focus"]),
+    ("Write a short message welcoming a new colleague.", ["welcome", "team", "office", "glad"]),
+    ("Describe the job of a farmer.", ["crops", "animals", "fields", "weather"]),
+    ("Give advice for asking for a raise.", ["salary", "work", "results", "manager"]),
+    ("Describe what a teacher does during a school day.", ["students", "lesson", "class",
+                                                          "questions"]),
+    ("Give tips for packing a suitcase.", ["clothes", "suitcase", "roll", "shoes"]),
+    ("Describe your dream vacation.", ["beach", "sun", "hotel", "relax"]),
+    ("Give advice for a first trip abroad.", ["passport", "money", "language", "map"]),
+    ("Describe a busy airport.", ["planes", "gates", "travelers", "bags"]),
+    ("Write a short postcard from a seaside town.", ["sea", "weather", "town", "wish"]),
+    ("Give tips for camping in the woods.", ["tent", "fire", "water", "trees"]),
+    ("Describe a road trip with friends.", ["car", "road", "music", "friends"]),
+    ("Give advice for staying safe while traveling.", ["bag", "money", "careful", "hotel"]),
+    ("Describe a walk through an old town.", ["streets", "houses", "stone", "old"]),
+    ("Describe a visit to a zoo.", ["animals", "lions", "children", "zoo"]),
+    ("Explain how to make a simple salad.", ["lettuce", "tomato", "oil", "bowl"]),
+    ("Describe the smell of fresh bread.", ["bread", "warm", "oven", "smell"]),
+    ("Give tips for eating more vegetables.", ["vegetables", "soup", "meals", "fresh"]),
+    ("Explain how to make a cup of tea.", ["water", "tea", "cup", "boil"]),
+    ("Describe your favorite soup.", ["soup", "warm", "bowl", "vegetables"]),
+    ("Explain why breakfast is important.", ["breakfast", "energy", "morning", "food"]),
+    ("Give advice for baking cookies.", ["butter", "sugar", "oven", "dough"]),
+    ("Describe a meal from a street food stall.", ["food", "spicy", "stall", "street"]),
+    ("Explain how cheese is made.", ["milk", "cheese", "salt", "time"]),
+    ("Give tips for cooking rice.", ["rice", "water", "pot", "heat"]),
+    ("Describe a summer fruit salad.", ["berries", "melon", "sweet", "summer"]),
+    ("Explain how to make pancakes.", ["flour", "eggs", "milk", "pan"]),
+    ("Describe a sunrise over a lake.", ["sun", "water", "sky", "morning"]),
+    ("Describe a river flowing through a valley.", ["river", "valley", "water", "stones"]),
+    ("Explain why trees are important.", ["trees", "air", "shade", "animals"]),
+    ("Describe a field of wildflowers.", ["flowers", "colors", "bees", "grass"]),
+    ("Describe a snowy mountain peak.", ["snow", "mountain", "wind", "cold"]),
+    ("Explain how ants work together.", ["ants", "colony", "food", "queen"]),
+    ("Describe a beach at sunset.", ["sand", "waves", "sun", "orange"]),
+    ("Explain what a coral reef is.", ["coral", "fish", "ocean", "reef"]),
+    ("Describe the sounds of a jungle.", ["birds", "insects", "trees", "rain"]),
+    ("Explain why we should protect wild animals.", ["animals", "nature", "habitat", "protect"]),
+    ("Describe a garden in spring.", ["flowers", "green", "spring", "birds"]),
+    ("Explain how the pyramids of Egypt were built.", ["stone", "workers", "pyramids", "desert"]),
+    ("Explain what life was like in a medieval castle.", ["castle", "king", "walls", "knights"]),
+    ("Explain why the printing press mattered.", ["books", "printing", "ideas", "people"]),
+    ("Describe what the first cars were like.", ["cars", "engine", "roads", "slow"]),
+    ("Explain how people sent messages before phones.", ["letters", "mail", "messages",
+                                                         "horse"]),
+    ("Explain why the invention of the wheel was important.", ["wheel", "carts", "move",
+                                                               "heavy"]),
+    ("Explain what the Olympic Games are.", ["sports", "athletes", "countries", "medals"]),
+    ("Describe a day in an ancient Roman city.", ["market", "streets", "baths", "people"]),
+    ("Explain how early explorers crossed the ocean.", ["ships", "stars", "wind", "sea"]),
+    ("Explain what a smartphone can do.", ["phone", "apps", "camera", "calls"]),
+    ("Give tips for making a strong password.", ["password", "letters", "numbers", "long"]),
+    ("Explain what a search engine does.", ["search", "web", "pages", "results"]),
+    ("Explain how email gets from one person to another.", ["email", "server", "message",
+                                                            "internet"]),
+    ("Explain what a robot is.", ["robot", "machine", "tasks", "sensors"]),
+    ("Give advice for spending less time on screens.", ["screen", "phone", "time", "outside"]),
+    ("Explain how a video call works.", ["camera", "internet", "video", "sound"]),
+    ("Explain what online shopping is.", ["online", "order", "delivery", "store"]),
+    ("Explain how a GPS map finds your location.", ["satellites", "signal", "map", "location"]),
+    ("Explain what a spreadsheet is used for.", ["rows", "numbers", "columns", "data"]),
+    ("Give tips for drinking enough water.", ["water", "bottle", "day", "thirsty"]),
+    ("Explain why walking is good for you.", ["walking", "heart", "legs", "health"]),
+    ("Give advice for reducing stress.", ["stress", "breathe", "rest", "friends"]),
+    ("Explain why we should wash our hands.", ["hands", "soap", "germs", "water"]),
+    ("Give tips for a healthy lunch.", ["vegetables", "bread", "fruit", "water"]),
+    ("Explain what a vaccine does.", ["vaccine", "body", "disease", "immune"]),
+    ("Give advice for sitting less during the day.", ["stand", "walk", "chair", "stretch"]),
+    ("Explain why sunscreen is important.", ["sun", "skin", "burn", "protect"]),
+    ("Give tips for starting a stamp collection.", ["stamps", "album", "collect", "countries"]),
+    ("Describe the joy of reading a good book.", ["book", "story", "pages", "characters"]),
+    ("Give advice for learning to draw.", ["pencil", "paper", "practice", "shapes"]),
+    ("Describe a game of chess.", ["chess", "board", "king", "move"]),
+    ("Give tips for starting a vegetable garden.", ["seeds", "soil", "water", "sun"]),
+    ("Describe the fun of building a puzzle.", ["pieces", "puzzle", "picture", "edges"]),
+    ("Give advice for taking better photos.", ["light", "camera", "photo", "angle"]),
+    ("Describe learning to swim.", ["water", "pool", "arms", "breathe"]),
+    ("Give tips for knitting a first scarf.", ["yarn", "needles", "scarf", "stitch"]),
+    ("Describe a day of fishing at a lake.", ["fish", "lake", "boat", "patience"]),
 ]
 
 TYPES = ("word_count", "sentence_count", "keywords_include", "keywords_exclude", "bullet_count",
@@ -115,12 +242,12 @@ CONFLICTS = {frozenset(p) for p in [
     ("sentence_count", "paragraph_count"), ("title", "starts_with"),
 ]}
 
-START_PHRASES = ["Sure", "Here is", "In short", "Of course", "Well"]
+START_PHRASES = ["Sure", "Here is", "In short", "Of course", "Well", "To begin"]
 END_PHRASES = ["Is there anything else?", "That is all.", "Thank you for reading.",
-               "Stay curious.", "Have a nice day."]
+               "Stay curious.", "Have a nice day.", "I hope this helps."]
 # (min, max) word bounds; None is an open side. Small enough for a 64-128 token answer.
 WORD_BOUNDS = [(20, None), (30, None), (40, None), (None, 30), (None, 40), (None, 50),
-               (None, 60), (20, 40), (30, 60), (40, 70)]
+               (None, 60), (None, 70), (20, 40), (25, 50), (30, 60), (40, 70)]
 
 
 def _word_count(rng: random.Random, case: Case) -> tuple[dict, str]:
@@ -241,8 +368,72 @@ def _pick_types(index: int, rng: random.Random) -> list[str]:
     return types
 
 
+def _largest_remainder(sizes: dict[tuple, int], total: int, rng: random.Random) -> dict[tuple, int]:
+    """Split ``total`` over strata in proportion to their sizes: floors first, then one more for
+    the largest remainders (ties in seeded random order), so the quotas sum to ``total``."""
+    n = sum(sizes.values())
+    exact = {k: total * size / n for k, size in sizes.items()}
+    quota = {k: int(v) for k, v in exact.items()}
+    tie = {k: rng.random() for k in sizes}
+    order = sorted(sizes, key=lambda k: (quota[k] - exact[k], tie[k]))
+    for k in order[:total - sum(quota.values())]:
+        quota[k] += 1
+    return quota
+
+
+def _split(rows: list[dict], heldout: int, rng: random.Random) -> None:
+    """Mark ``heldout`` rows as held-out so that its constraint types have training's proportions.
+
+    Why: a held-out set whose mix of types differs from training's would measure a different
+    task. Step 1 stratifies by (primary type, number of constraints) and gives each stratum its
+    largest-remainder share of ``heldout``, drawn at random; this keeps the primary types and the
+    number of constraints per prompt in proportion (up to rounding). Step 2 fixes the secondary
+    types: seeded random swaps of a held-out row with a training row of the same stratum are
+    kept while they bring every type's held-out count closer (sum of squares) to its exact share
+    ``heldout * count / len(rows)``, until 3000 tries in a row bring nothing.
+    """
+    def stratum(row: dict) -> tuple:
+        return row["constraints"][0]["type"], len(row["constraints"])
+
+    strata: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        strata.setdefault(stratum(row), []).append(i)
+    quota = _largest_remainder({k: len(v) for k, v in strata.items()}, heldout, rng)
+    held = [i for k in sorted(strata) for i in sorted(rng.sample(strata[k], quota[k]))]
+    types = [[c["type"] for c in row["constraints"]] for row in rows]
+    total = {t: sum(t in ts for ts in types) for t in TYPES}
+    target = {t: heldout * total[t] / len(rows) for t in TYPES}
+    count = {t: sum(t in types[i] for i in held) for t in TYPES}
+    in_held = set(held)
+    fails = 0
+    while fails < 3000 and held:
+        slot = rng.randrange(len(held))
+        out = held[slot]
+        candidates = [j for j in strata[stratum(rows[out])] if j not in in_held]
+        if not candidates:
+            fails += 1
+            continue
+        new = rng.choice(candidates)
+        moved = dict(count)
+        for t in types[out]:
+            moved[t] -= 1
+        for t in types[new]:
+            moved[t] += 1
+        if (sum((moved[t] - target[t]) ** 2 for t in TYPES)
+                < sum((count[t] - target[t]) ** 2 for t in TYPES)):
+            count, held[slot], fails = moved, new, 0
+            in_held.remove(out)
+            in_held.add(new)
+        else:
+            fails += 1
+    for i in in_held:
+        rows[i]["split"] = "heldout"
+
+
 def generate(seed: int = SEED, num_prompts: int = NUM_PROMPTS,
              heldout_fraction: float = HELDOUT_FRACTION) -> list[dict]:
+    """All prompts in id order; ``round(heldout_fraction * num_prompts)`` are held out (see
+    ``_split``). Prompt ``i`` (0-based) uses topic ``i % len(TOPICS)``."""
     rng = random.Random(seed)
     rows = []
     for i in range(num_prompts):
@@ -258,8 +449,7 @@ def generate(seed: int = SEED, num_prompts: int = NUM_PROMPTS,
         text = " ".join([task] + [made[t][1] for t in types])
         rows.append({"prompt_id": f"ifeval-{i + 1:04d}", "prompt": text,
                      "constraints": constraints, "split": "train"})
-    for row in rng.sample(rows, round(heldout_fraction * num_prompts)):
-        row["split"] = "heldout"
+    _split(rows, round(heldout_fraction * num_prompts), rng)
     return rows
 
 
