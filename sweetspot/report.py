@@ -24,6 +24,8 @@ SIGMAS = (-2, -1, 0, 1, 2)
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if math.isfinite(v) else str(v)
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return "[" + ", ".join(_fmt(float(x)) for x in v) + "]"
     return str(v)
 
 
@@ -34,9 +36,150 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _num(v: Any, signed: bool = False) -> str:
+    """A figure for a headline: 3 decimals, a sign when it is a difference, n/a when missing."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def _ci(bounds: Any, signed: bool = False) -> str:
+    if bounds is None or len(bounds) != 2 or not all(math.isfinite(float(b)) for b in bounds):
+        return "n/a"
+    return f"[{_num(float(bounds[0]), signed)}, {_num(float(bounds[1]), signed)}]"
+
+
+def _verdict(bounds: Any, null: float, what: str) -> str:
+    if bounds is None or len(bounds) != 2:
+        return ""
+    low, high = float(bounds[0]), float(bounds[1])
+    if low > null:
+        return f"{what}: the 95% interval lies above {null:g}."
+    if high < null:
+        return f"{what}: the 95% interval lies below {null:g}."
+    return f"{what}: the 95% interval includes {null:g}, so no difference is shown."
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """The run's answer first: did training beat the reference, by how much, how surely."""
+    m = metrics
+    rows = []
+    if "eval/reward_trained" in m:
+        rows.append(("mean reward", _num(m.get("eval/reward_trained")),
+                     _num(m.get("eval/reward_reference")), _num(m.get("eval/reward_delta"), True),
+                     _ci(m.get("eval/reward_delta_ci95"), True)))
+    if "eval/win_rate" in m:
+        rows.append(("win rate over reference (ties 1/2)", _num(m["eval/win_rate"]), "", "",
+                     _ci(m.get("eval/win_rate_ci95"))))
+    for key, label in (("eval/strict_accuracy", "strict accuracy, prompt level"),
+                       ("eval/strict_accuracy_instruction", "strict accuracy, instruction level")):
+        if f"{key}/trained" in m:
+            t, r = m[f"{key}/trained"], m.get(f"{key}/reference")
+            rows.append((label, _num(t), _num(r), _num(t - r, True) if r is not None else "",
+                         ""))
+    if "eval/kl_estimate" in m:
+        rows.append(("KL estimate, trained vs reference", _num(m["eval/kl_estimate"]), "", "",
+                     ""))
+    parts = ["## Headline\n"]
+    if rows:
+        table = ["| | trained | reference | trained - reference | 95% CI |",
+                 "|---|---|---|---|---|"]
+        table += ["| " + " | ".join(r) + " |" for r in rows]
+        parts.append("\n".join(table) + "\n")
+        n = m.get("eval/prompts")
+        notes = [f"On {n} held-out prompts; intervals: paired bootstrap over prompts "
+                 "(10,000 resamples)." if n is not None else ""]
+        notes.append(_verdict(m.get("eval/reward_delta_ci95"), 0.0, "Reward difference"))
+        notes.append(_verdict(m.get("eval/win_rate_ci95"), 0.5, "Win rate"))
+        parts.append(" ".join(x for x in notes if x) + "\n")
+    else:
+        parts.append("No evaluation in this run (until != evaluate).\n")
+    facts = [f"{label} {_fmt(m[key])}" for key, label in (
+        ("select/pairs", "pairs:"), ("train/steps", "training steps:"),
+        ("train/loss", "final train loss:"), ("run/seconds", "run seconds:")) if key in m]
+    if facts:
+        parts.append("; ".join(facts) + ".\n")
+    return "\n".join(parts)
+
+
+def _text(value: Any) -> str:
+    """A prompt (chat messages or text) or a response as plain text: the last user turn."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    messages = list(value)
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    last = (users or messages)[-1] if (users or messages) else ""
+    return str(last.get("content", "")) if isinstance(last, dict) else str(last)
+
+
+def _quote(text: str, limit: int) -> str:
+    """Text in a fenced block (fence longer than any backtick run in it), cut at ``limit``."""
+    text = text.strip()
+    if len(text) > limit:
+        text = text[:limit].rstrip() + f" [... {len(text) - limit} more characters]"
+    run, longest = 0, 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text or '(empty)'}\n{fence}\n"
+
+
+def example_pairs(pairs: pd.DataFrame, k: int = 3, limit: int = 400) -> str:
+    """``k`` pairs spread over the margin (largest, median, smallest), texts cut to ``limit``."""
+    if pairs.empty or not {"chosen", "rejected"} <= set(pairs.columns):
+        return ""
+    ordered = pairs.sort_values("margin", ascending=False, kind="stable") if "margin" in pairs \
+        else pairs
+    picks = sorted({round(i * (len(ordered) - 1) / max(1, k - 1)) for i in range(k)})
+    parts = [f"## Example pairs\n\n{len(picks)} of {len(pairs)} pairs: largest, median and "
+             "smallest reward margin.\n"]
+    for number, i in enumerate(picks, 1):
+        row = ordered.iloc[i]
+        where = ", ".join(
+            f"{label} {row[col]}" for col, label in (("chosen_position", "chosen at"),
+                                                     ("rejected_position", "rejected at"))
+            if col in row and isinstance(row[col], str) and row[col])
+        margin = f"margin {_num(float(row['margin']))}" if "margin" in row else ""
+        parts.append(f"### {number}. prompt `{row['prompt_id']}` ("
+                     + "; ".join(x for x in (margin, where) if x) + ")\n")
+        if "prompt" in row:
+            parts.append("Prompt:\n\n" + _quote(_text(row["prompt"]), limit))
+        parts.append(f"Chosen (reward {_num(float(row['chosen_reward']))}):\n\n"
+                     + _quote(_text(row["chosen"]), limit))
+        parts.append(f"Rejected (reward {_num(float(row['rejected_reward']))}):\n\n"
+                     + _quote(_text(row["rejected"]), limit))
+    return "\n".join(parts)
+
+
+def stack_dots(rewards: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """A dot plot's heights: rewards closer than ``width`` stack upwards instead of overlapping.
+
+    Rewards are taken in increasing order; each goes one level above the highest dot within
+    ``width`` to its left, so no two dots at one level are closer than ``width``. Returns the
+    heights (0, 1, ...) in the input's order and the order used.
+    """
+    order = np.argsort(rewards, kind="stable")
+    heights = np.zeros(len(rewards), dtype=int)
+    placed: list[tuple[float, int]] = []
+    for i in order:
+        near = [h for x, h in placed if rewards[i] - x < width]
+        heights[i] = (max(near) + 1) if near else 0
+        placed.append((float(rewards[i]), int(heights[i])))
+    return heights, order
+
+
 def plot_reward_distribution(
     responses: pd.DataFrame, pairs: pd.DataFrame, path: Path, prompts_shown: int = 4
 ) -> Path | None:
+    """Every response of a few prompts as a stacked dot plot, mu +- k sigma marked.
+
+    Equal (or nearly equal) rewards stack instead of hiding one another, a stack of equal
+    rewards is labelled with its count, and the pair's chosen and rejected responses are the
+    green and red dots.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,37 +188,55 @@ def plot_reward_distribution(
     if pairs.empty:
         return None
     shown = pairs["prompt_id"].drop_duplicates().head(prompts_shown).tolist()
-    fig, axes = plt.subplots(len(shown), 1, figsize=(7, 1.8 * len(shown)), squeeze=False)
-    for ax, pid in zip(axes[:, 0], shown, strict=True):
-        rows = responses[responses["prompt_id"] == pid]
+    rows_of = {pid: responses[responses["prompt_id"] == pid] for pid in shown}
+    bins = 60  # dots per row at most: one dot's width is 1/60 of the axis
+    heights_of, widths = {}, {}
+    for pid, rows in rows_of.items():
         r = rows["reward"].to_numpy(dtype=float)
-        mu, sigma = float(np.nanmean(r)), float(np.nanstd(r))
-        ax.scatter(r, np.zeros_like(r), alpha=0.5, color="gray", label="responses")
+        r = r[np.isfinite(r)]
+        mu, sigma = (float(r.mean()), float(r.std())) if r.size else (0.0, 0.0)
+        lo = min([*r, mu - 2 * sigma]) if r.size else 0.0
+        hi = max([*r, mu + 2 * sigma]) if r.size else 1.0
+        pad = 0.05 * (hi - lo) if hi > lo else 0.5
+        widths[pid] = (lo - pad, hi + pad)
+        heights_of[pid] = stack_dots(r, (hi - lo + 2 * pad) / bins)[0]
+    tallest = max((int(h.max()) + 1 for h in heights_of.values() if h.size), default=1)
+    row_h = max(1.8, 0.9 + 0.14 * tallest)
+    fig, axes = plt.subplots(len(shown), 1, figsize=(8.5, row_h * len(shown)), squeeze=False)
+    dot = 0.8 * min(7 * 0.85 * 72 / bins, row_h * 0.6 * 72 / (tallest + 2))  # points
+    for ax, pid in zip(axes[:, 0], shown, strict=True):
+        rows = rows_of[pid]
+        finite = rows[np.isfinite(rows["reward"].to_numpy(dtype=float))]
+        r = finite["reward"].to_numpy(dtype=float)
+        y = heights_of[pid].astype(float)
+        mu, sigma = (float(r.mean()), float(r.std())) if r.size else (0.0, 0.0)
+        ax.scatter(r, y, s=dot**2, color="gray", label=f"responses ({len(r)})", zorder=2)
         for k in SIGMAS:
-            ax.axvline(mu + k * sigma, color="steelblue", lw=0.8, ls="--" if k else "-")
-            ax.text(mu + k * sigma, 0.6, f"{k:+d}σ" if k else "μ", ha="center", fontsize=7)
+            ax.axvline(mu + k * sigma, color="steelblue", lw=0.8, ls="--" if k else "-", zorder=1)
+            ax.text(mu + k * sigma, tallest + 0.6, f"{k:+d}σ" if k else "μ", ha="center",
+                    fontsize=7)
+        values, counts = np.unique(r, return_counts=True)
+        for value, count in zip(values, counts, strict=True):
+            if count > 1:
+                top = y[r == value].max()
+                ax.text(value, top + 0.55, f"×{count}", ha="center", fontsize=6)
         pair = pairs[pairs["prompt_id"] == pid].iloc[0]
-        ax.scatter(
-            [pair["chosen_reward"]],
-            [0],
-            color="green",
-            s=80,
-            marker="^",
-            label=f"chosen ({pair.get('chosen_position', '')})",
-        )
-        ax.scatter(
-            [pair["rejected_reward"]],
-            [0],
-            color="red",
-            s=80,
-            marker="v",
-            label=f"rejected ({pair.get('rejected_position', '')})",
-        )
+        ids = finite["sample_id"].to_numpy() if "sample_id" in finite else None
+        for side, color in (("chosen", "green"), ("rejected", "red")):
+            at = np.flatnonzero(ids == pair[f"{side}_sample_id"]) if (
+                ids is not None and f"{side}_sample_id" in pair) else np.array([], dtype=int)
+            if at.size == 0:  # no ids: the first response with the pair's reward
+                at = np.flatnonzero(r == pair[f"{side}_reward"])[:1]
+            ax.scatter(r[at], y[at], s=(1.6 * dot) ** 2, facecolor=color, edgecolor="black",
+                       lw=0.6, zorder=3,
+                       label=f"{side} ({pair.get(f'{side}_position', '')})")
         ax.set_yticks([])
-        ax.set_ylim(-1, 1)
-        ax.set_title(str(pid), fontsize=8)
-        ax.legend(fontsize=6, loc="lower right")
-    axes[-1, 0].set_xlabel("reward")
+        ax.set_ylim(-0.8, tallest + 1.4)
+        ax.set_xlim(*widths[pid])
+        ax.set_title(f"{pid}: {len(r)} responses, {len(values)} distinct rewards, "
+                     f"μ={mu:.3f} σ={sigma:.3f}", fontsize=8)
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes[-1, 0].set_xlabel("reward (equal rewards stacked; ×k = k responses with that reward)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -83,7 +244,11 @@ def plot_reward_distribution(
 
 
 def write_run_report(run_dir: str | Path) -> dict[str, Path]:
-    """``report.md`` and ``reward_distribution.png`` in a finished run folder."""
+    """``report.md`` and ``reward_distribution.png`` in a finished run folder.
+
+    Order: the headline (reward difference and win rate with their intervals, strict accuracy,
+    KL), three example pairs, the reward picture, then every metric by section.
+    """
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     responses = read_table(run_dir / "responses.parquet")
@@ -100,10 +265,17 @@ def write_run_report(run_dir: str | Path) -> dict[str, Path]:
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if overrides.is_file():
         parts.append("Overrides: `" + " ".join(yaml.safe_load(overrides.read_text()) or []) + "`\n")
-    for section in sorted(groups):
-        parts.append(f"## {section}\n\n" + markdown_table(groups[section], ["metric", "value"]))
+    parts.append(headline(metrics))
+    examples = example_pairs(pairs)
+    if examples:
+        parts.append(examples)
     if plot:
-        parts.append("## reward distribution\n\n![rewards](reward_distribution.png)\n")
+        parts.append("## Reward distribution\n\nEvery response of the first prompts with a pair; "
+                     "the chosen (green) and rejected (red) responses highlighted.\n\n"
+                     "![rewards](reward_distribution.png)\n")
+    parts.append("## Details\n")
+    for section in sorted(groups):
+        parts.append(f"### {section}\n\n" + markdown_table(groups[section], ["metric", "value"]))
     write_text("\n".join(parts), run_dir / "report.md")
     return images
 
@@ -144,7 +316,11 @@ def collect(root: str | Path) -> pd.DataFrame:
 
 
 HEADLINE = (
+    "eval/reward_delta",
+    "eval/reward_delta_ci95",
     "eval/win_rate",
+    "eval/win_rate_ci95",
+    "eval/strict_accuracy/trained",
     "eval/reward_trained",
     "eval/reward_reference",
     "eval/kl_estimate",
@@ -153,52 +329,185 @@ HEADLINE = (
     "train/loss",
     "run/seconds",
 )
+SEED_KEYS = ("seed", "train_seed")  # overrides that make replicates, not configurations
+# metric -> the per-job bootstrap interval whose bounds are averaged beside the seeds' interval
+SEED_METRICS = {
+    "eval/reward_delta": "eval/reward_delta_ci95",
+    "eval/win_rate": "eval/win_rate_ci95",
+    "eval/strict_accuracy/trained": None,
+    "eval/strict_accuracy/reference": None,
+}
+
+
+def configurations(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: the finished jobs that differ only in a seed, summarised.
+
+    For each metric of ``SEED_METRICS``: the mean over seeds, its t 95% interval (``_ci95``; NaN
+    with one seed), and the mean of the jobs' own paired-bootstrap bounds (``_job_ci95``), which
+    says how sure one run is, where the seeds' interval says how much training varies.
+    """
+    from sweetspot.stats import seed_interval
+
+    ok = table[table["status"] == "ok"] if "status" in table else table
+    seed_cols = [f"override/{k}" for k in SEED_KEYS if f"override/{k}" in table]
+    config_cols = [c for c in table.columns if c.startswith("override/") and c not in seed_cols]
+    rows = []
+    if ok.empty:
+        return pd.DataFrame()
+    keyed = ok.assign(**{c: ok[c].fillna("").astype(str) for c in config_cols})
+    groups = keyed.groupby(config_cols, sort=False, dropna=False) if config_cols else [
+        ((), keyed)]
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict[str, Any] = dict(zip(config_cols, key, strict=True))
+        row["seeds"] = len(group)
+        row["jobs"] = " ".join(str(j) for j in group["job"])
+        for metric, job_ci in SEED_METRICS.items():
+            if metric not in group:
+                continue
+            values = [float(v) for v in group[metric] if v is not None and not _missing(v)]
+            if not values:
+                continue
+            interval = seed_interval(values)
+            row[metric] = interval.estimate
+            row[f"{metric}_ci95"] = interval.bounds()
+            if job_ci and job_ci in group:
+                bounds = [b for b in group[job_ci] if isinstance(b, (list, np.ndarray))]
+                if bounds:
+                    row[f"{metric}_job_ci95"] = np.mean(np.asarray(bounds, float), axis=0).tolist()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _missing(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
+
+
+def _with_ci(row: dict, metric: str, signed: bool = False) -> str:
+    if metric not in row or _missing(row[metric]):
+        return ""
+    text = _num(row[metric], signed)
+    if row.get("seeds", 0) >= 2:
+        text += " " + _ci(row.get(f"{metric}_ci95"), signed)
+    return text
+
+
+def configurations_markdown(configs: pd.DataFrame) -> str:
+    """The per-configuration table: mean over seeds [t 95% CI], mean per-job bootstrap CI."""
+    if configs.empty:
+        return ""
+    varying = [c for c in configs.columns if c.startswith("override/")
+               and configs[c].nunique() > 1]
+    records = configs.to_dict("records")
+    cols = [*varying, "seeds"]
+    out = []
+    for r in records:
+        row = {c: r[c] for c in cols}
+        row["reward delta"] = _with_ci(r, "eval/reward_delta", True)
+        row["reward delta, run CI"] = _ci(r.get("eval/reward_delta_job_ci95"), True)
+        row["win rate"] = _with_ci(r, "eval/win_rate")
+        row["win rate, run CI"] = _ci(r.get("eval/win_rate_job_ci95"))
+        row["strict acc. trained"] = _with_ci(r, "eval/strict_accuracy/trained")
+        row["strict acc. reference"] = _with_ci(r, "eval/strict_accuracy/reference")
+        out.append(row)
+    shown = cols + [c for c in ("reward delta", "reward delta, run CI", "win rate",
+                                "win rate, run CI", "strict acc. trained",
+                                "strict acc. reference")
+                    if any(o[c] not in ("", "n/a") for o in out)]
+    return (
+        "## Per configuration\n\n"
+        "Jobs that differ only in `seed` or `train_seed` form one configuration. Each cell: the "
+        "mean over its seeds, with the t 95% interval across seeds when there are two or more. "
+        "\"run CI\": the mean of the jobs' own paired-bootstrap 95% intervals over prompts.\n\n"
+        + markdown_table(out, shown)
+    )
 
 
 def write_sweep_report(root: str | Path) -> Path:
-    """``report.md`` + ``report.csv`` (+ plots) for a run or multirun folder."""
+    """``report.md`` + ``report.csv`` + ``report_configurations.csv`` (+ plots) for a folder."""
     root = Path(root)
     table = collect(root)
     if table.empty:
         raise FileNotFoundError(f"no run folders (with .hydra/) under {root}")
     table.to_csv(root / "report.csv", index=False)
+    configs = configurations(table)
+    if not configs.empty:
+        configs.to_csv(root / "report_configurations.csv", index=False)
     override_cols = [c for c in table.columns if c.startswith("override/")]
     cols = ["job", "status", *override_cols, *[c for c in HEADLINE if c in table.columns]]
     if "error" in table.columns:
         cols.append("error")
-    parts = [f"# sweetspot report: {root}\n", markdown_table(table.to_dict("records"), cols)]
-    for plot in plot_sweep(table, root):
+    parts = [f"# sweetspot report: {root}\n", configurations_markdown(configs),
+             "## Jobs\n\n" + markdown_table(table.to_dict("records"), cols)]
+    for plot in plot_sweep(table, root, configs):
         parts.append(f"![{plot.stem}]({plot.name})\n")
-    write_text("\n".join(parts), root / "report.md")
+    write_text("\n".join(p for p in parts if p), root / "report.md")
     return root / "report.md"
 
 
-def plot_sweep(table: pd.DataFrame, root: Path) -> list[Path]:
-    """Metric vs N per selection strategy, when the sweep varied ``sampler.n``."""
+def _error_bar(row: dict, metric: str) -> tuple[float, float] | None:
+    """Half-widths below/above the mean: the seeds' t interval, else the run's bootstrap one."""
+    for key in (f"{metric}_ci95", f"{metric}_job_ci95"):
+        bounds = row.get(key)
+        if isinstance(bounds, (list, np.ndarray)) and len(bounds) == 2 and all(
+                math.isfinite(float(b)) for b in bounds):
+            return row[metric] - float(bounds[0]), float(bounds[1]) - row[metric]
+    return None
+
+
+def plot_sweep(
+    table: pd.DataFrame, root: Path, configs: pd.DataFrame | None = None
+) -> list[Path]:
+    """Win rate and reward delta vs N per configuration, with 95% error bars.
+
+    Drawn when the sweep varied ``sampler.n`` (or ``sampler.use_n``). A point is the mean over
+    its seeds; its bar is the t interval across seeds where there are two or more, else the
+    run's paired-bootstrap interval over prompts.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n_col = next((c for c in table.columns if c.endswith("sampler.n") or c.endswith("use_n")), None)
-    if n_col is None or "eval/win_rate" not in table or table[n_col].nunique() < 2:
+    configs = configurations(table) if configs is None else configs
+    n_col = next((c for c in configs.columns if c.endswith("sampler.n") or c.endswith("use_n")),
+                 None)
+    if configs.empty or n_col is None or configs[n_col].nunique() < 2:
         return []
-    strategy = "override/selection" if "override/selection" in table else None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ok = table[table["status"] == "ok"].copy()
-    ok["_n"] = ok[n_col].astype(float)
-    for name, group in ok.groupby(strategy) if strategy else [("all", ok)]:
-        group = group.sort_values("_n")
-        ax.plot(group["_n"], group["eval/win_rate"], marker="o", label=str(name))
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("N (responses per prompt)")
-    ax.set_ylabel("win rate vs reference")
-    ax.legend()
-    fig.tight_layout()
-    path = root / "win_rate_vs_n.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    series_cols = [c for c in configs.columns if c.startswith("override/") and c != n_col
+                   and configs[c].nunique() > 1]
+    configs = configs.assign(_n=configs[n_col].astype(float))
+    paths = []
+    for metric, null, label, name in (
+        ("eval/win_rate", 0.5, "win rate vs reference", "win_rate_vs_n.png"),
+        ("eval/reward_delta", 0.0, "reward delta (trained - reference)", "reward_delta_vs_n.png"),
+    ):
+        if metric not in configs or configs[metric].isna().all():
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        groups = configs.groupby(series_cols, sort=False) if series_cols else [("all", configs)]
+        for offset, (key, group) in enumerate(groups):
+            group = group.sort_values("_n")
+            rows = group.to_dict("records")
+            bars = [_error_bar(r, metric) or (0.0, 0.0) for r in rows]
+            shift = 2 ** (0.03 * (offset - (len(groups) - 1) / 2))  # bars of series side by side
+            tag = key if isinstance(key, str) else " ".join(str(k) for k in np.atleast_1d(key))
+            seeds = "/".join(str(r["seeds"]) for r in rows)
+            ax.errorbar(group["_n"] * shift, group[metric], yerr=np.array(bars).T, marker="o",
+                        capsize=3, label=f"{tag} (seeds: {seeds})")
+        ax.axhline(null, color="gray", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N (responses per prompt)")
+        ax.set_ylabel(label)
+        ax.set_title("mean over seeds; bars: 95% CI (t over seeds, or paired bootstrap "
+                     "for one seed)", fontsize=8)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = root / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 class SweepReportCallback(Callback):

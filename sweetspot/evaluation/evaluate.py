@@ -132,19 +132,20 @@ def compare(
     scored = (r_t.notna() & r_r.notna()).to_numpy()  # a pair with an unscored side is no evidence
     ids = both["prompt_id"].to_numpy()[scored]
     t_ok, r_ok = r_t.to_numpy(float)[scored], r_r.to_numpy(float)[scored]
-    delta = stats.reward_delta(t_ok, r_ok, ids, resamples=resamples, seed=seed)
-    win = stats.win_rate(t_ok, r_ok, ids, resamples=resamples, seed=seed)
     metrics: dict[str, Any] = {
         "eval/prompts": int(both["prompt_id"].nunique()),
         "eval/reward_trained": float(r_t.mean()),
         "eval/reward_reference": float(r_r.mean()),
-        "eval/reward_delta": delta.estimate,
-        "eval/reward_delta_ci95": delta.bounds(),
         "eval/win_rate": float(wins.mean()),
-        "eval/win_rate_ci95": win.bounds(),
         "eval/length_trained": float(both["num_tokens_trained"].mean()),
         "eval/length_reference": float(both["num_tokens_reference"].mean()),
     }
+    if scored.any():
+        delta = stats.reward_delta(t_ok, r_ok, ids, resamples=resamples, seed=seed)
+        win = stats.win_rate(t_ok, r_ok, ids, resamples=resamples, seed=seed)
+        metrics["eval/reward_delta"] = delta.estimate
+        metrics["eval/reward_delta_ci95"] = delta.bounds()
+        metrics["eval/win_rate_ci95"] = win.bounds()
     if "kl_logratio" in trained:
         metrics["eval/kl_estimate"] = float(trained["kl_logratio"].mean())
     if detail_col:
