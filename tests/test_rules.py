@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -67,28 +68,29 @@ def test_counting_words_vs_plain_split():
 
 
 def test_graded_credit_hand_computed():
-    # 30 words, bounds 50..100, width 0.5: d = 20/50 = 0.4, credit = 1 - 0.4/0.5 = 0.2
-    assert bounded_credit(30, 50, 100, 0.5) == pytest.approx(0.2)
-    # 120 words, max 100, width 1: d = 0.2, credit 0.8
-    assert bounded_credit(120, None, 100, 1.0) == pytest.approx(0.8)
-    # far off: clipped at 0; inside: 1
-    assert bounded_credit(300, None, 100, 0.5) == 0.0
+    # 30 words, bounds 50..100, width 0.5: d = 20/50 = 0.4, credit = e^(-0.4/0.5) = e^-0.8
+    assert bounded_credit(30, 50, 100, 0.5) == pytest.approx(0.44932896)
+    # 120 words, max 100, width 1: d = 0.2, credit e^-0.2
+    assert bounded_credit(120, None, 100, 1.0) == pytest.approx(0.81873075)
+    # far off: small but never 0 (misses of different size never tie); inside: exactly 1
+    assert 0 < bounded_credit(300, None, 100, 0.5) == pytest.approx(math.e ** -4)
+    assert bounded_credit(300, None, 100, 0.5) > bounded_credit(301, None, 100, 0.5)
     assert bounded_credit(75, 50, 100, 0.5) == 1.0
-    # a bound of 0 uses a scale of 1: 1 bullet when none allowed, width 2 -> 1 - 1/2 = 0.5
-    assert bounded_credit(1, None, 0, 2.0) == pytest.approx(0.5)
+    # a bound of 0 uses a scale of 1: 1 bullet when none allowed, width 2 -> e^-0.5
+    assert bounded_credit(1, None, 0, 2.0) == pytest.approx(0.60653066)
 
 
 def test_graded_checkers_hand_computed():
     words = " ".join(["w"] * 30)
     assert check({"type": "word_count", "args": {"min": 50, "max": 100}}, words,
-                 width=0.5) == pytest.approx(0.2)
-    # 2 bullets, exactly 3 wanted, width 0.5: d = 1/3, credit = 1 - (1/3)/0.5 = 1/3
-    assert CHECKERS["bullet_count"]("* a\n* b", {"count": 3}) == pytest.approx(1 / 3)
+                 width=0.5) == pytest.approx(0.44932896)
+    # 2 bullets, exactly 3 wanted, width 1: d = 1/3, credit = e^(-1/3)
+    assert CHECKERS["bullet_count"]("* a\n* b", {"count": 3}) == pytest.approx(0.71653131)
     # 1 of 2 keywords present
     assert CHECKERS["keywords_include"]("sun only", {"keywords": ["sun", "moon"]}) == 0.5
-    # "rain" once, at least 3 wanted, width 1: d = 2/3, credit 1/3
+    # "rain" once, at least 3 wanted, width 1: d = 2/3, credit e^(-2/3)
     assert CHECKERS["keyword_frequency"]("rain", {"keyword": "rain", "min": 3},
-                                         width=1.0) == pytest.approx(1 / 3)
+                                         width=1.0) == pytest.approx(0.51341712)
 
 
 def test_case_sensitive_keywords():
@@ -130,35 +132,60 @@ def _frame() -> pd.DataFrame:
     }, index=[10, 11, 12, 13, 14, 15])
 
 
-def test_scorer_reward_is_mean_of_details():
-    scorer = RulesScorer()
-    out = scorer.score(_frame())
+def test_scorer_reward_passed_and_strict_follow_details():
+    plain = RulesScorer(base_reward=0, loop_penalty=0, diversity_weight=0, truncation_penalty=0)
+    out = plain.score(_frame())
     assert list(out.index) == [10, 11, 12, 13, 14, 15]
-    for reward, detail, passed in zip(out["score/rules"], out["rules/detail"],
-                                      out["rules/passed"], strict=True):
+    for reward, detail, passed, strict, quality in zip(
+            out["score/rules"], out["rules/detail"], out["rules/passed"], out["rules/strict"],
+            out["rules/quality"], strict=True):
         values = list(json.loads(detail).values())
-        assert reward == pytest.approx(sum(values) / len(values))
+        # with every quality knob at 0 the reward is the plain mean credit (0 without a word)
+        assert reward == pytest.approx(quality * sum(values) / len(values))
         assert passed == pytest.approx(sum(v == 1.0 for v in values) / len(values))
+        assert strict == float(all(v == 1.0 for v in values))
     details = [json.loads(d) for d in out["rules/detail"]]
     assert details[0] == {"len": 1.0, "kw": 1.0, "lc": 1.0}
-    # "The Moon.": 2 words vs min 4, width 0.5: 1 - (2/4)/0.5 = 0; no "sun"; not lowercase
-    assert details[1] == {"len": 0.0, "kw": 0.0, "lc": 0.0}
+    # "The Moon.": 2 words vs min 4, width 1: e^-(2/4); no "sun"; lowercase 'he', 'oon' of
+    # 'The Moon' kept, 'T' and 'M' changed: 5/7
+    assert details[1] == pytest.approx({"len": 0.60653066, "kw": 0.0, "lc": 5 / 7})
     assert details[2] == {"len": 0.0, "kw": 0.0, "lc": 0.0}  # empty response
     assert list(out["score/rules"].iloc[3:]) == [1.0, 0.0, 1.0]
-    assert scorer.last_stats["empty_responses"] == 1
-    assert scorer.last_stats["constraint_rows"] == 3 and scorer.last_stats["reference_rows"] == 3
+    assert list(out["rules/strict"]) == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+    assert list(out["rules/quality"]) == [1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+    stats = plain.last_stats
+    assert stats["empty_responses"] == 1 and stats["truncated_responses"] == 0
+    assert stats["constraint_rows"] == 3 and stats["reference_rows"] == 3
+    assert stats["strict_prompt_level"] == pytest.approx(3 / 6)
+    # constraints met: 3 + 0 + 0 + 1 + 0 + 1 of 3 + 3 + 3 + 1 + 1 + 1
+    assert stats["strict_instruction_level"] == pytest.approx(5 / 12)
+
+
+def test_default_reward_hand_computed():
+    out = RulesScorer().score(_frame())
+    # row 1 "The Moon.": credits (e^-0.5, 0, 5/7), c = their mean; 2 distinct words, so no
+    # repeated 3-gram and a type-token ratio of 1: q = 1; reward = c + 0.1 (1 - c)
+    c = (0.60653066 + 0 + 5 / 7) / 3
+    assert out["score/rules"].iloc[1] == pytest.approx(c + 0.1 * (1 - c))
+    # a correct reference answer of one word: q = 1, c = 1
+    assert out["score/rules"].iloc[5] == 1.0
+    # the wrong numeric answer "42" keeps the base reward
+    assert out["score/rules"].iloc[4] == pytest.approx(0.1)
+    assert out["score/rules"].iloc[2] == 0.0  # empty
 
 
 def test_partial_credit_width_changes_reward():
     frame = _frame().iloc[[1]]
-    # "The Moon." with width 1: 2 words vs min 4 -> 1 - 0.5/1 = 0.5; mean of (0.5, 0, 0)
-    assert RulesScorer(partial_credit_width=1.0).score(frame)["score/rules"].iloc[0] == \
-        pytest.approx(0.5 / 3)
+    # "The Moon." with width 0.25: 2 words vs min 4 -> d = 0.5, e^(-0.5/0.25) = e^-2
+    got = RulesScorer(partial_credit_width=0.25, base_reward=0).score(frame)
+    assert json.loads(got["rules/detail"].iloc[0])["len"] == pytest.approx(0.13533528)
+    assert got["score/rules"].iloc[0] == pytest.approx((0.13533528 + 5 / 7) / 3)
 
 
 def test_numeric_tolerance():
     frame = pd.DataFrame({"prompt_id": ["q"], "response": ["about 3.14"], "reference": ["3.1416"]})
-    assert RulesScorer().score(frame)["score/rules"].iloc[0] == 0.0
+    assert RulesScorer().score(frame)["rules/strict"].iloc[0] == 0.0
+    assert RulesScorer(numeric_tol=0.01).score(frame)["rules/strict"].iloc[0] == 1.0
     assert RulesScorer(numeric_tol=0.01).score(frame)["score/rules"].iloc[0] == 1.0
 
 
@@ -174,6 +201,10 @@ def test_config_validation_and_yaml_matches_fields():
         RulesScorer(partial_credit_width=0)
     with pytest.raises(ConfigError):
         RulesScorer(numeric_tol=-1)
+    for bad in ({"base_reward": 1.5}, {"loop_penalty": -0.1}, {"truncation_penalty": 2},
+                {"diversity_weight": -1}, {"loop_ngram": 0}, {"diversity_window": 1}):
+        with pytest.raises(ConfigError):
+            RulesScorer(**bad)
     node = OmegaConf.load(CONF)
     fields = {f.name for f in dataclasses.fields(RulesScorer)}
     assert set(node.keys()) - {"_target_"} == fields

@@ -1,9 +1,61 @@
-"""Verifiable instruction constraints (IFEval-style) and their checkers.
+"""Verifiable instruction constraints (IFEval-style) and their graded checkers.
 
 A constraint is ``{"id": str, "type": str, "args": dict}``. Each checker maps a response and the
-constraint's args to a score in [0, 1]: 1/0 for a yes-or-no property, graded partial credit for a
-count, so that among N samples of a small model "nearly right" still ranks above "far off" (the
-selection stage needs reward spread, not only a pass bit).
+constraint's args to a credit in [0, 1]. The credit is exactly 1.0 when, and only when, the
+strict IFEval-style check passes, so strict accuracy is read off the credits (``credit == 1.0``);
+every failing response gets a graded credit strictly below 1 that says how far off it is. Among
+N samples of a small model, "nearly right" then ranks above "far off", and few samples tie: the
+selection stage needs reward spread, not only a pass bit. (A failing credit is also capped at the
+largest float below 1, a guard that ordinary inputs never reach.)
+
+Each checker's formula (``pass`` is the strict check; ``k`` a count in the response):
+
+==================  ==========================================  ==================================
+type                strict pass                                 credit when it fails
+==================  ==========================================  ==================================
+word_count,         the count lies in [min, max] (``count``     ``exp(-d / width)``, ``d = |k - b|
+sentence_count,     means min = max = count)                    / max(b, 1)``, ``b`` the violated
+paragraph_count,                                                bound (``bounded_credit``)
+bullet_count,
+placeholder_count,
+keyword_frequency
+keywords_include    every keyword occurs                        share of the keywords that occur
+keywords_exclude    no keyword occurs                           ``1 / (1 + k)``, ``k`` occurrences
+                                                                of all the keywords together
+lowercase           a letter, and ``text == text.lower()``      ``kept / (kept + changed)``:
+                                                                ``changed`` characters that
+                                                                ``lower()`` alters, ``kept``
+                                                                letters it leaves; 0 with no
+                                                                letter
+uppercase           a letter, and ``text == text.upper()``      the same with ``upper()``
+starts_with         the text opens with the phrase as whole     ``0.9 * sim(phrase, opening)``:
+                    words (case-insensitive by default)         ``opening`` = the first
+                                                                ``len(phrase)`` characters,
+                                                                ``sim`` = difflib's ratio
+                                                                ``2 M / (|a| + |b|)``, M matched
+                                                                characters
+ends_with           the text closes with the phrase as whole    ``0.9 * sim(phrase, closing)``,
+                    words                                       the last ``len(phrase)`` chars
+json_format         the whole text (a Markdown code fence       ``0.5 + 0.4 * s`` when the span
+                    around it allowed) is one JSON object or    from the first ``{`` to the last
+                    array                                       ``}`` is a valid object inside
+                                                                other text, ``0.2 * s`` when that
+                                                                span does not parse, 0 with no
+                                                                ``{``; ``s`` = span length / text
+                                                                length
+no_commas           no ``,``                                    ``1 / (1 + k)``, ``k`` commas
+title               a ``<<title>>`` with a word, anywhere       0.5 for an attempt with angle
+                                                                brackets (``<<``/``>>`` present,
+                                                                or a first line ``<...>``); 0.25
+                                                                for a first line that is a
+                                                                Markdown heading (``#``) or bold
+                                                                (``**...**``); else 0
+==================  ==========================================  ==================================
+
+``width`` is ``RulesScorer.partial_credit_width`` (default 1.0): a count that misses its bound by
+``width`` times the bound keeps ``1/e`` (0.37) of the credit. The exponential never reaches 0,
+so two responses that miss by different amounts never tie. Examples with width 1: 45 words for
+"at most 30" gives ``exp(-0.5) = 0.61``; 0 bullets for "exactly 3" gives ``exp(-1) = 0.37``.
 
 Counting rules (documented here because the prompts are judged by them):
 
@@ -19,6 +71,7 @@ Counting rules (documented here because the prompts are judged by them):
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import math
@@ -28,7 +81,11 @@ from collections.abc import Callable
 from sweetspot.errors import DataError
 
 # Default width of the partial-credit fall-off (see ``bounded_credit``); RulesScorer overrides it.
-DEFAULT_PARTIAL_CREDIT_WIDTH = 0.5
+DEFAULT_PARTIAL_CREDIT_WIDTH = 1.0
+# A failed phrase (starts_with / ends_with) earns at most this share of its similarity.
+PHRASE_FAIL_SCALE = 0.9
+# The largest float below 1: the ceiling of every failing credit.
+BELOW_ONE = math.nextafter(1.0, 0.0)
 
 _WORD = re.compile(r"\w+(?:['\u2019]\w+)*")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
@@ -41,14 +98,19 @@ _ALNUM = re.compile(r"[^\W_]")
 _CODE_FENCE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
 
 
+def _fail(credit: float) -> float:
+    """A failing credit: strictly below 1 whatever rounding did, so ``== 1.0`` means passed."""
+    return min(credit, BELOW_ONE)
+
+
 def bounded_credit(value: float, low: float | None, high: float | None, width: float) -> float:
     """Credit for a count that should lie in [low, high] (either bound may be None).
 
     Inside the bounds the credit is 1. Outside, with ``b`` the violated bound, the relative
-    distance is ``d = |value - b| / max(b, 1)`` and the credit is ``max(0, 1 - d / width)``:
-    linear in the relative miss, zero once the miss reaches ``width`` times the bound. Example:
-    30 words for bounds 50..100 with width 0.5 gives d = 0.4 and credit 1 - 0.4 / 0.5 = 0.2.
-    ``max(b, 1)`` keeps a bound of 0 ("no bullets") meaningful.
+    distance is ``d = |value - b| / max(b, 1)`` and the credit is ``exp(-d / width)``: smooth,
+    1/e at a miss of ``width`` times the bound, and never 0, so misses of different sizes never
+    tie. Example: 30 words for bounds 50..100 with width 0.5 gives d = 0.4 and credit
+    exp(-0.8) = 0.449. ``max(b, 1)`` keeps a bound of 0 ("no bullets") meaningful.
     """
     if low is not None and value < low:
         bound = low
@@ -57,7 +119,7 @@ def bounded_credit(value: float, low: float | None, high: float | None, width: f
     else:
         return 1.0
     distance = abs(value - bound) / max(bound, 1)
-    return max(0.0, 1.0 - distance / width)
+    return _fail(math.exp(-distance / width))
 
 
 def _arg(args: dict, key: str):
@@ -101,6 +163,11 @@ def _phrase(args: dict) -> str:
     if not isinstance(phrase, str) or not phrase.strip():
         raise DataError("phrase must be a non-empty string", field="args.phrase")
     return phrase.strip()
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` by the counting rule above, in order."""
+    return _WORD.findall(text)
 
 
 def count_words(text: str) -> int:
@@ -159,7 +226,7 @@ def check_keyword_frequency(response: str, args: dict, *,
 def check_keywords_include(response: str, args: dict, *,
                            width: float = DEFAULT_PARTIAL_CREDIT_WIDTH,
                            case_sensitive: bool = False) -> float:
-    """Fraction of the required keywords present (graded: each keyword is one unit)."""
+    """Share of the required keywords present (each keyword is one unit)."""
     words = _keywords(args)
     found = sum(1 for w in words if _keyword_pattern(w, case_sensitive).search(response))
     return found / len(words)
@@ -168,64 +235,120 @@ def check_keywords_include(response: str, args: dict, *,
 def check_keywords_exclude(response: str, args: dict, *,
                            width: float = DEFAULT_PARTIAL_CREDIT_WIDTH,
                            case_sensitive: bool = False) -> float:
+    """``1 / (1 + k)`` with ``k`` the occurrences of all forbidden keywords: one slip costs
+    half, each further one less."""
     words = _keywords(args)
-    return float(not any(_keyword_pattern(w, case_sensitive).search(response) for w in words))
+    found = sum(len(_keyword_pattern(w, case_sensitive).findall(response)) for w in words)
+    return 1.0 / (1 + found)
+
+
+def _case_share(response: str, to_case: Callable[[str], str]) -> float:
+    """Letters already in the target case / (those + characters the case mapping alters).
+
+    1 exactly when some letter exists and ``to_case(response) == response``: Python's case
+    mappings act per character (the one context rule, Greek final sigma, only touches a capital
+    sigma, which is altered anyway), so the text is unchanged iff every character is."""
+    if to_case(response) == response:
+        return 1.0 if _LETTER.search(response) else 0.0
+    changed = sum(1 for ch in response if to_case(ch) != ch)
+    kept = sum(1 for ch in _LETTER.findall(response) if to_case(ch) == ch)
+    return _fail(kept / (kept + changed))
 
 
 def check_lowercase(response: str, args: dict, *, width: float = DEFAULT_PARTIAL_CREDIT_WIDTH,
                     case_sensitive: bool = False) -> float:
-    return float(bool(_LETTER.search(response)) and response == response.lower())
+    return _case_share(response, str.lower)
 
 
 def check_uppercase(response: str, args: dict, *, width: float = DEFAULT_PARTIAL_CREDIT_WIDTH,
                     case_sensitive: bool = False) -> float:
-    return float(bool(_LETTER.search(response)) and response == response.upper())
+    return _case_share(response, str.upper)
 
 
 def _fold(text: str, case_sensitive: bool) -> str:
     return text if case_sensitive else text.casefold()
 
 
+def _similarity(a: str, b: str) -> float:
+    """difflib's ratio ``2 M / (|a| + |b|)``, M the characters in matching blocks."""
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
 def check_starts_with(response: str, args: dict, *, width: float = DEFAULT_PARTIAL_CREDIT_WIDTH,
                       case_sensitive: bool = False) -> float:
-    """The phrase opens the response as whole words ("Sure" does not match "Surely")."""
+    """The phrase opens the response as whole words ("Sure" does not match "Surely"). Failing:
+    ``0.9 *`` the similarity of the phrase and the response's first ``len(phrase)`` characters."""
     phrase = _fold(_phrase(args), case_sensitive)
     text = _fold(response.lstrip(), case_sensitive)
     rest = text[len(phrase):len(phrase) + 1]
-    return float(text.startswith(phrase) and not (rest.isalnum() and phrase[-1].isalnum()))
+    if text.startswith(phrase) and not (rest.isalnum() and phrase[-1].isalnum()):
+        return 1.0
+    return _fail(PHRASE_FAIL_SCALE * _similarity(phrase, text[:len(phrase)]))
 
 
 def check_ends_with(response: str, args: dict, *, width: float = DEFAULT_PARTIAL_CREDIT_WIDTH,
                     case_sensitive: bool = False) -> float:
+    """The phrase closes the response as whole words. Failing: ``0.9 *`` the similarity of the
+    phrase and the response's last ``len(phrase)`` characters."""
     phrase = _fold(_phrase(args), case_sensitive)
     text = _fold(response.rstrip(), case_sensitive)
     before = text[len(text) - len(phrase) - 1:len(text) - len(phrase)]
-    return float(text.endswith(phrase) and not (before.isalnum() and phrase[0].isalnum()))
+    if text.endswith(phrase) and not (before.isalnum() and phrase[0].isalnum()):
+        return 1.0
+    return _fail(PHRASE_FAIL_SCALE * _similarity(phrase, text[-len(phrase):]))
+
+
+def _is_json_container(text: str) -> bool:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(value, dict | list)
 
 
 def check_json_format(response: str, args: dict, *, width: float = DEFAULT_PARTIAL_CREDIT_WIDTH,
                       case_sensitive: bool = False) -> float:
     """The whole response is one JSON object or array; a Markdown code fence around it is allowed
-    (models add one out of habit, and the content is still machine-readable)."""
+    (models add one out of habit, and the content is still machine-readable). Failing: an object
+    from the first ``{`` to the last ``}`` inside other text earns ``0.5 + 0.4 s``, a span there
+    that does not parse ``0.2 s``, with ``s`` the span's share of the stripped text."""
     text = response.strip()
     fenced = _CODE_FENCE.match(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    try:
-        value = json.loads(text)
-    except ValueError:
+    if _is_json_container(fenced.group(1).strip() if fenced else text):
+        return 1.0
+    start = text.find("{")
+    if start < 0:
         return 0.0
-    return float(isinstance(value, dict | list))
+    end = text.rfind("}")
+    if end < start:
+        return _fail(0.2 * (len(text) - start) / len(text))
+    share = (end + 1 - start) / len(text)
+    try:
+        embedded = isinstance(json.loads(text[start:end + 1]), dict)
+    except ValueError:
+        embedded = False
+    return _fail(0.5 + 0.4 * share if embedded else 0.2 * share)
 
 
 def check_no_commas(response: str, args: dict, *, width: float = DEFAULT_PARTIAL_CREDIT_WIDTH,
                     case_sensitive: bool = False) -> float:
-    return float("," not in response)
+    """``1 / (1 + k)`` with ``k`` commas."""
+    return 1.0 / (1 + response.count(","))
 
 
 def check_title(response: str, args: dict, *, width: float = DEFAULT_PARTIAL_CREDIT_WIDTH,
                 case_sensitive: bool = False) -> float:
-    return float(bool(_TITLE.search(response)))
+    """A ``<<title>>`` anywhere (as IFEval). Failing: 0.5 for an attempt with angle brackets,
+    0.25 for a first line styled as a Markdown heading or bold line, else 0."""
+    if _TITLE.search(response):
+        return 1.0
+    first = next((line.strip() for line in response.splitlines() if line.strip()), "")
+    if "<<" in response or ">>" in response or (first.startswith("<") and first.endswith(">")):
+        return 0.5
+    if first.startswith("#") or (len(first) > 4 and first.startswith("**")
+                                 and first.endswith("**")):
+        return 0.25
+    return 0.0
 
 
 Checker = Callable[..., float]
