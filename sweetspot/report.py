@@ -40,6 +40,7 @@ def _num(v: Any, signed: bool = False) -> str:
     """A figure for a headline: 3 decimals, a sign when it is a difference, n/a when missing."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
+    v = 0.0 if abs(v) < 5e-4 else v  # no "-0.000"
     return f"{v:+.3f}" if signed else f"{v:.3f}"
 
 
