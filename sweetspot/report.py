@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
 
+from sweetspot import stats
 from sweetspot.data import read_table, write_text
 
 SIGMAS = (-2, -1, 0, 1, 2)
@@ -89,7 +90,7 @@ def headline(metrics: dict[str, Any]) -> str:
         parts.append("\n".join(table) + "\n")
         n = m.get("eval/prompts")
         notes = [f"On {n} held-out prompts; intervals: paired bootstrap over prompts "
-                 "(10,000 resamples)." if n is not None else ""]
+                 f"({stats.RESAMPLES:,} resamples)." if n is not None else ""]
         notes.append(_verdict(m.get("eval/reward_delta_ci95"), 0.0, "Reward difference"))
         notes.append(_verdict(m.get("eval/win_rate_ci95"), 0.5, "Win rate"))
         parts.append(" ".join(x for x in notes if x) + "\n")
