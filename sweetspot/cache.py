@@ -37,6 +37,12 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def stage_key(stage: str, config: Any, inputs: list[str]) -> str:
+    """An entry's key: its stage, its own config and its inputs' keys (see stage_keys.py for what
+    each stage's config holds)."""
+    return fingerprint({"v": CACHE_VERSION, "stage": stage, "config": config, "inputs": inputs})
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -76,7 +82,7 @@ class StageCache:
         self.root = Path(root)
 
     def key(self, stage: str, config: Any, inputs: list[str]) -> str:
-        return fingerprint({"v": CACHE_VERSION, "stage": stage, "config": config, "inputs": inputs})
+        return stage_key(stage, config, inputs)
 
     def entry_dir(self, stage: str, key: str) -> Path:
         return self.root / stage / key

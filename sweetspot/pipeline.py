@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from sweetspot import stage_keys as keys
 from sweetspot.cache import Entry, StageCache, worker_rank
 from sweetspot.config import Plan, validate
 from sweetspot.data import pairs_for_trl, read_table, write_json, write_jsonl, write_table
@@ -75,11 +76,7 @@ def stage_prompts(s: RunState) -> pd.DataFrame:
         splits = prompts["split"].value_counts()
         return {"counts": {k: int(splits.get(k, 0)) for k in ("train", "heldout")}}
 
-    config = (
-        {"sampler": sampler.cache_config()}
-        if from_sampler
-        else {"task": node(s.cfg, "task"), **task.fingerprint()}
-    )
+    config = keys.prompts_config(s.cfg, s.plan)
     entry = s.record(s.cache.get_or_compute("prompts", config, [], compute))
     return read_table(entry.file("prompts.parquet"))
 
@@ -87,7 +84,6 @@ def stage_prompts(s: RunState) -> pd.DataFrame:
 def stage_sample(s: RunState, prompts: pd.DataFrame) -> pd.DataFrame:
     sampler = s.plan.sampler
     train = prompts[prompts["split"] == "train"].reset_index(drop=True)
-    model_id = s.plan.model.identity() if sampler.needs_model else None
 
     def compute(ctx: Any) -> dict:
         policy = s.policy(s.plan.model) if sampler.needs_model else None
@@ -106,7 +102,7 @@ def stage_sample(s: RunState, prompts: pd.DataFrame) -> pd.DataFrame:
     entry = s.record(
         s.cache.get_or_compute(
             "sample",
-            {"sampler": sampler.cache_config(), "model": model_id},
+            keys.sample_config(s.cfg, s.plan),
             [s.entries["prompts"].key],
             compute,
         )
@@ -143,7 +139,7 @@ def stage_score(s: RunState, prompts: pd.DataFrame, responses: pd.DataFrame) -> 
 
     entry = s.record(
         s.cache.get_or_compute(
-            "score", {"scorer": node(s.cfg, "scorer")}, [s.entries["sample"].key], compute
+            "score", keys.score_config(s.cfg, s.plan), [s.entries["sample"].key], compute
         )
     )
     return read_table(entry.file("scored.parquet"))
@@ -176,7 +172,7 @@ def stage_denoise(s: RunState, scored: pd.DataFrame) -> pd.DataFrame:
     entry = s.record(
         s.cache.get_or_compute(
             "denoise",
-            {"denoiser": node(s.cfg, "denoiser"), "use_n": use_n},
+            keys.denoise_config(s.cfg, s.plan),
             [s.entries["score"].key],
             compute,
         )
@@ -200,13 +196,13 @@ def stage_implicit(s: RunState, denoised: pd.DataFrame) -> pd.DataFrame:
     from sweetspot.training.train import train_policy
 
     strategy = s.plan.selection
-    fields = {k: v for k, v in vars(strategy).items() if k.startswith("implicit_")}
     table = selection_input(denoised)
 
     def compute(ctx: Any) -> dict:
-        if getattr(strategy, "candidates", "positions") == "data":
+        if strategy.implicit_candidates()["source"] == "data":  # every data pair, unfiltered
             finder = dataclasses.replace(
-                strategy, sources=["external"], top_fraction=None, top_k=None, augment=None
+                strategy, sources=["external"], top_fraction=None, top_k=None, augment=None,
+                min_margin=None, max_pairs_per_prompt=None,
             )
         else:
             finder = Positions(chosen=strategy.chosen, rejected=strategy.rejected)
@@ -244,14 +240,9 @@ def stage_implicit(s: RunState, denoised: pd.DataFrame) -> pd.DataFrame:
         write_table(out, ctx.out_dir / "implicit.parquet")
         return {"counts": {"pairs_trained": size, "steps": metrics.get("train/steps", 0)}}
 
-    config = {
-        "implicit": fields,
-        "trainer": node(s.cfg, "trainer"),
-        "model": s.plan.model.identity(),
-        "seed": s.cfg.seed,
-    }
     entry = s.record(
-        s.cache.get_or_compute("implicit", config, [s.entries["denoise"].key], compute)
+        s.cache.get_or_compute("implicit", keys.implicit_config(s.cfg, s.plan),
+                               [s.entries["denoise"].key], compute)
     )
     logratio = read_table(entry.file("implicit.parquet"))
     return denoised.merge(logratio, on=["prompt_id", "sample_id"], how="left")
@@ -277,7 +268,7 @@ def stage_select(s: RunState, prompts: pd.DataFrame, denoised: pd.DataFrame) -> 
 
     inputs = [s.entries[k].key for k in ("denoise", "implicit") if k in s.entries]
     entry = s.record(
-        s.cache.get_or_compute("select", {"selection": node(s.cfg, "selection")}, inputs, compute)
+        s.cache.get_or_compute("select", keys.select_config(s.cfg, s.plan), inputs, compute)
     )
     return read_table(entry.file("pairs.parquet"))
 
@@ -326,21 +317,10 @@ def stage_train(s: RunState, pairs: pd.DataFrame) -> Path:
         )
         return {"metrics": metrics}
 
-    config = {
-        "loss": node(s.cfg, "loss"),
-        "trainer": node(s.cfg, "trainer"),
-        "model": s.plan.model.identity(),
-        "keep_order": keep_order,
-    }
+    config = keys.train_config(s.cfg, s.plan)
     entry = s.record(s.cache.get_or_compute("train", config, [s.entries["select"].key], compute))
     s.metrics.update(entry.meta.get("metrics", {}))
     return entry.file("checkpoint")
-
-
-def eval_scorer_node(s: RunState) -> Any:
-    """Evaluation's scorer: ``evaluation.scorer`` when set, else the run's scorer."""
-    own = s.cfg.evaluation.get("scorer")
-    return OmegaConf.to_container(own, resolve=True) if own else node(s.cfg, "scorer")
 
 
 def stage_answers(
@@ -368,11 +348,7 @@ def stage_answers(
         write_table(table, ctx.out_dir / "answers.parquet")
         return {"counts": {"prompts": int(held.shape[0])}}
 
-    config = {
-        "evaluation": node(s.cfg, "evaluation"),
-        "scorer": eval_scorer_node(s),
-        "system_prompt": system_prompt,
-    }
+    config = keys.answers_config(s.cfg, s.plan, system_prompt)
     entry = s.record(s.cache.get_or_compute(name, config, inputs, compute))
     return read_table(entry.file("answers.parquet"))
 
@@ -380,8 +356,7 @@ def stage_answers(
 def stage_evaluate(s: RunState, prompts: pd.DataFrame, checkpoint: Path) -> dict:
     from sweetspot.evaluation.evaluate import compare
 
-    augment = getattr(s.plan.selection, "augment", None)
-    system = augment.eval_system_prompt() if augment is not None else None
+    system = keys.eval_system_prompt(s.plan)
     if not (prompts["split"] == "heldout").any():
         raise SweetspotError("evaluation needs held-out prompts and this run has none (offline "
                              "data has no held-out split): set until=train, or use a task with "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,9 @@ class DenoiseResult:
 class Denoiser(ABC):
     """Subclasses are dataclasses whose fields are the YAML node of
     ``conf/denoiser/<option>.yaml``."""
+
+    # Fields that change how the work is done, not the result (left out of the cache key).
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def denoise(self, responses: pd.DataFrame,

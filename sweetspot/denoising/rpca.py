@@ -12,7 +12,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import pandas as pd
@@ -105,6 +105,9 @@ class RPCADenoiser(Denoiser):
       flag_tol: a comparison is flagged ``corrupted`` when |S_ij| > flag_tol * max |M_ij| of its
         prompt (relative, so it does not depend on the reward scale).
     """
+
+    # Each prompt's problem is solved on its own (per-instance stopping): the chunk bounds memory.
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("chunk_size",)
 
     source: str = "rewards"
     temperature: float = 1.0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,9 @@ from sweetspot.validation import at_least, non_negative
 
 @dataclass(kw_only=True)
 class Evaluator:
+    # Batch sizes of generation and of the KL log-probs: speed only (as the sampler's batch_size).
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "kl_batch_size")
+
     max_prompts: int | None = None
     n: int = 1
     greedy: bool = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pandas as pd
 
@@ -15,6 +16,9 @@ class Scorer(ABC):
     ``name`` becomes the column ``score/<name>``. Subclasses are dataclasses whose fields are the
     YAML node of ``conf/scorer/<option>.yaml`` (``_target_`` names the class).
     """
+
+    # Fields that change how the work is done, not the scores (left out of the cache key).
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ()
 
     name: str = "reward"
 

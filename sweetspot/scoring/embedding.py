@@ -12,7 +12,7 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,8 @@ class EmbeddingScorer(Scorer):
     reference is embedded once. Empty responses are embedded like any text and counted in
     ``last_stats["empty_responses"]``.
     """
+
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "device")  # speed, not scores
 
     name: str = "embedding"
     model_path: str | None = None

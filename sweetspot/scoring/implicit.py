@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,8 @@ class ImplicitScorer(Scorer):
     ``<name>/reference_logp``. An empty response is still scored (its EOS token is) and counted
     in ``last_stats["empty_responses"]``.
     """
+
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "device")  # speed, not scores
 
     name: str = "implicit"
     policy_path: str

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -135,6 +135,9 @@ class RewardModelScorer(Scorer):
     scored like any other and counted in ``last_stats["empty_responses"]``; a non-finite model
     output becomes NaN and is counted in ``last_stats["nonfinite_scores"]``.
     """
+
+    # Batching, device and batch order change speed and memory, not a row's score.
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "device", "bucket_by_length")
 
     name: str = "reward_model"
     name_or_path: str

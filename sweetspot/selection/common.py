@@ -12,6 +12,7 @@ import re
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -238,6 +239,9 @@ class PairStrategy(SelectionStrategy):
     """Base of every strategy: the composition fields apply after the strategy, in this order:
     ``min_margin`` (on the reward margin), ``max_pairs_per_prompt`` and ``top_k`` / ``top_fraction``
     (by the strategy's priority; ``top_k`` wins when both are set), then ``augment``."""
+
+    # Prompts per vectorised block: memory and speed only, the pairs are the same.
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("block_rows",)
 
     top_fraction: float | None = None
     top_k: int | None = None

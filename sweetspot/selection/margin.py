@@ -13,7 +13,7 @@ the fused value is 0.5. ``fusion: add`` ranks by the sum of the raw margins inst
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -102,6 +102,16 @@ class ImplicitOptions:
     implicit_steps: int = 50  # LoRA steps (the paper: 2 epochs of full fine-tuning)
     implicit_lr: float = 5.0e-4  # a LoRA rate (the paper: 5e-7, full fine-tuning)
 
+    def implicit_candidates(self) -> dict:
+        """Which pairs the sub-stage draws its training subset from (part of its cache key)."""
+        raise NotImplementedError
+
+    def implicit_config(self) -> dict:
+        """Everything the sub-stage's output depends on besides the trainer, the model and the
+        seed: the ``implicit_*`` fields and the candidate pairs (``implicit_candidates``)."""
+        own = {f.name: getattr(self, f.name) for f in fields(ImplicitOptions)}
+        return {**own, "candidates": self.implicit_candidates()}
+
     def check_implicit(self) -> None:
         at_least("implicit_subset_size", self.implicit_subset_size, 1)
         positive("implicit_beta", self.implicit_beta)
@@ -162,6 +172,11 @@ class Margin(ImplicitOptions, Calibration, PairStrategy):
     @property
     def needs_implicit(self) -> bool:
         return "implicit" in self.sources
+
+    def implicit_candidates(self) -> dict:
+        if self.candidates == "data":  # the dataset's own pair of each prompt
+            return {"source": "data"}
+        return {"source": "positions", "chosen": self.chosen, "rejected": self.rejected}
 
     def make_pairs(self, m: ResponseMatrix) -> PairArrays:
         if self.candidates == "positions":

@@ -46,6 +46,9 @@ class Routing(ImplicitOptions, Calibration, PairStrategy):
     def needs_implicit(self) -> bool:
         return self.margin_source != "external"
 
+    def implicit_candidates(self) -> dict:
+        return {"source": "positions", "chosen": self.chosen, "rejected": self.rejected}
+
     def make_pairs(self, m: ResponseMatrix) -> PairArrays:
         pairs = position_pairs(m, self.chosen, self.rejected, self.block_rows)
         if self.margin_source == "external":

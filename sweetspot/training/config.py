@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from sweetspot.validation import at_least, non_negative, one_of, positive, require
 
@@ -30,6 +31,14 @@ class LoraOptions:
 
 @dataclass(kw_only=True)
 class TrainerConfig:
+    # Left out of the cache key: they change speed, memory or logging, not the trained weights
+    # (the layouts give the same log-probs, tested to 1e-5; checkpointing recomputes the same
+    # activations; ref_batch_size batches the reference's log-probs).
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = (
+        "ref_batch_size", "log_every_n_steps", "checkpoint_every_n_steps", "layout",
+        "gradient_checkpointing",
+    )
+
     accelerator: str = "cpu"
     devices: int = 1  # per node; -1 = every visible device
     num_nodes: int = 1

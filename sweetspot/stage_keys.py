@@ -1,0 +1,149 @@
+"""What each stage's cache key is made of, computed from the composed config without running
+anything (no model is loaded, nothing is sampled).
+
+A key must change with every field that changes a stage's output, and with nothing else: a field
+that changes only how the work is done (batch sizes, ``block_rows``, chunk sizes, devices,
+logging cadence) must not force a recompute, or a sweep that only re-tunes memory recomputes
+everything. Each config class names its execution-only fields in an ``EXECUTION_ONLY`` class
+attribute (samplers in ``execution_only()``); ``key_node`` drops them, recursively, so nested
+scorer nodes (the ensemble's, ``evaluation.scorer``) are handled the same way.
+
+The pipeline builds every stage's config here, so ``stage_keys(cfg)`` is exactly the keys a run
+of ``cfg`` uses (``tests/test_cache_keys.py`` checks both properties).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from sweetspot.cache import stage_key
+from sweetspot.config import Plan, validate
+
+STAGES = (
+    "prompts", "sample", "score", "denoise", "implicit", "select", "train",
+    "answers_reference", "answers_trained",
+)
+
+
+def execution_only(target: str) -> tuple[str, ...]:
+    """The execution-only fields of the class a ``_target_`` names (none for a class, such as a
+    loss, that declares none: every field of it is part of the key)."""
+    return tuple(getattr(get_class(target), "EXECUTION_ONLY", ()))
+
+
+def key_node(value: Any) -> Any:
+    """A plain copy of a config node without the execution-only fields of any ``_target_``
+    class in it (at any depth)."""
+    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        skip = execution_only(value["_target_"]) if "_target_" in value else ()
+        return {k: key_node(v) for k, v in value.items() if k not in skip}
+    if isinstance(value, (list, tuple)):
+        return [key_node(v) for v in value]
+    return value
+
+
+def node(cfg: DictConfig, key: str) -> Any:
+    return key_node(cfg[key])
+
+
+def prompts_config(cfg: DictConfig, plan: Plan) -> dict:
+    """The task's prompts, or the offline sampler's own file."""
+    if hasattr(plan.sampler, "load_prompts"):  # sampler=offline: prompts from its own file
+        return {"sampler": plan.sampler.cache_config()}
+    return {"task": node(cfg, "task"), **plan.task.fingerprint()}
+
+
+def sample_config(cfg: DictConfig, plan: Plan) -> dict:
+    model = plan.model.identity() if plan.sampler.needs_model else None
+    return {"sampler": plan.sampler.cache_config(), "model": model}
+
+
+def score_config(cfg: DictConfig, plan: Plan) -> dict:
+    return {"scorer": node(cfg, "scorer")}
+
+
+def denoise_config(cfg: DictConfig, plan: Plan) -> dict:
+    return {"denoiser": node(cfg, "denoiser"), "use_n": plan.sampler.use_n}
+
+
+def implicit_config(cfg: DictConfig, plan: Plan) -> dict:
+    """The implicit sub-stage trains on a random subset of the strategy's candidate pairs, so its
+    key holds the candidates (``implicit_config()`` of the strategy), not only ``implicit_*``."""
+    return {
+        "implicit": plan.selection.implicit_config(),
+        "trainer": node(cfg, "trainer"),
+        "model": plan.model.identity(),
+        "seed": cfg.seed,
+    }
+
+
+def select_config(cfg: DictConfig, plan: Plan) -> dict:
+    return {"selection": node(cfg, "selection")}
+
+
+def keep_order(plan: Plan) -> bool:
+    return bool(getattr(plan.selection, "keep_order", False))
+
+
+def train_config(cfg: DictConfig, plan: Plan) -> dict:
+    return {
+        "loss": node(cfg, "loss"),
+        "trainer": node(cfg, "trainer"),
+        "model": plan.model.identity(),
+        "keep_order": keep_order(plan),
+    }
+
+
+def eval_system_prompt(plan: Plan) -> str | None:
+    """The system prompt the trained policy generates under (reward-augmented runs), else None."""
+    augment = getattr(plan.selection, "augment", None)
+    return augment.eval_system_prompt() if augment is not None else None
+
+
+def eval_scorer_node(cfg: DictConfig) -> Any:
+    """Evaluation's scorer: ``evaluation.scorer`` when set, else the run's scorer."""
+    own = cfg.evaluation.get("scorer")
+    return key_node(own) if own else node(cfg, "scorer")
+
+
+def answers_config(cfg: DictConfig, plan: Plan, system_prompt: str | None) -> dict:
+    """One policy's scored held-out answers. ``system_prompt`` conditions the generation only
+    (the scorer sees the plain conversation); the reference is always unconditioned (None), so
+    its key is the same with or without reward augmentation and its answers are shared."""
+    config = {
+        "evaluation": node(cfg, "evaluation"),
+        "scorer": eval_scorer_node(cfg),
+        "system_prompt": system_prompt,
+    }
+    if system_prompt is not None:  # entries made before the scorer saw the plain conversation
+        config["scored"] = "plain_conversation"
+    return config
+
+
+def stage_keys(cfg: DictConfig, plan: Plan | None = None) -> dict[str, str]:
+    """Every stage's cache key for ``cfg``, as ``run_pipeline`` computes them (``implicit`` only
+    when the selection needs it), without loading a model or touching the cache."""
+    plan = plan or validate(cfg)
+    key = stage_key
+    keys = {"prompts": key("prompts", prompts_config(cfg, plan), [])}
+    keys["sample"] = key("sample", sample_config(cfg, plan), [keys["prompts"]])
+    keys["score"] = key("score", score_config(cfg, plan), [keys["sample"]])
+    keys["denoise"] = key("denoise", denoise_config(cfg, plan), [keys["score"]])
+    inputs = [keys["denoise"]]
+    if getattr(plan.selection, "needs_implicit", False):
+        keys["implicit"] = key("implicit", implicit_config(cfg, plan), [keys["denoise"]])
+        inputs.append(keys["implicit"])
+    keys["select"] = key("select", select_config(cfg, plan), inputs)
+    keys["train"] = key("train", train_config(cfg, plan), [keys["select"]])
+    keys["answers_reference"] = key(
+        "answers_reference", answers_config(cfg, plan, None),
+        [keys["prompts"], str(plan.model.identity())])
+    keys["answers_trained"] = key(
+        "answers_trained", answers_config(cfg, plan, eval_system_prompt(plan)),
+        [keys["prompts"], keys["train"]])
+    return keys
