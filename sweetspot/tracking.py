@@ -76,6 +76,12 @@ class Tracker:
 
     def log_summary(self, metrics: dict[str, Any]) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}
+        # Intervals ([low, high]) reach the loggers as two scalars each.
+        for k, v in metrics.items():
+            if isinstance(v, (list, tuple)) and len(v) == 2 and all(
+                isinstance(x, (int, float)) for x in v
+            ):
+                scalars[f"{k}_low"], scalars[f"{k}_high"] = float(v[0]), float(v[1])
         for logger in self._loggers:
             if type(logger).__name__ == "CSVLogger":
                 logger.log_metrics({k: float(v) for k, v in scalars.items()})
