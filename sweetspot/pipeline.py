@@ -335,8 +335,8 @@ def stage_answers(
     evaluator, scorer = s.plan.evaluation, s.plan.eval_scorer
 
     def compute(ctx: Any) -> dict:
-        held = evaluator.prompts(prompts, system_prompt)
-        table = evaluator.answer(held, policy)
+        held = evaluator.prompts(prompts)
+        table = evaluator.answer(held, policy, system_prompt)
         score_responses(scorer, table)
         if name == "answers_trained":
             from sweetspot.evaluation.evaluate import response_logps
@@ -375,7 +375,7 @@ def stage_evaluate(s: RunState, prompts: pd.DataFrame, checkpoint: Path) -> dict
         reference,
         prompts,
         [s.entries["prompts"].key, str(s.plan.model.identity())],
-        system,
+        None,  # the reference answers unconditioned: shared with every job of the sweep
     )
     new_answers = stage_answers(
         s,

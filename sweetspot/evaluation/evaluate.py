@@ -22,10 +22,13 @@ import pandas as pd
 import torch
 
 from sweetspot import stats
+from sweetspot.data import as_messages
 from sweetspot.sampling.hf import GenerationSettings
 from sweetspot.training.data import prompt_messages
 from sweetspot.training.logprobs import completion_logps
 from sweetspot.validation import at_least, non_negative
+
+GENERATION_SYSTEM = "generation_system_prompt"
 
 
 @dataclass(kw_only=True)
@@ -60,28 +63,41 @@ class Evaluator:
             overlong="truncate",
         )
 
-    def prompts(self, prompts: pd.DataFrame, system_prompt: str | None) -> pd.DataFrame:
+    def prompts(self, prompts: pd.DataFrame) -> pd.DataFrame:
+        """The held-out prompts as plain conversations (what the scorer sees)."""
         held = prompts[prompts["split"] == "heldout"]
         if self.max_prompts is not None:
             held = held.head(self.max_prompts)
-        held = held.copy()
-        held["system_prompt"] = system_prompt
-        held["prompt"] = [prompt_messages(r) for r in held.to_dict("records")]
+        held = held.drop(columns=[c for c in ("system_prompt",) if c in held]).copy()
+        held["prompt"] = [as_messages(p) for p in held["prompt"]]
         return held.reset_index(drop=True)
 
-    def answer(self, prompts: pd.DataFrame, policy: Any) -> pd.DataFrame:
-        table = self.settings().generate(prompts, policy)
-        return table.merge(prompts, on="prompt_id", how="left")
+    def answer(self, prompts: pd.DataFrame, policy: Any,
+               system_prompt: str | None = None) -> pd.DataFrame:
+        """``policy``'s answers to ``prompts``. ``system_prompt`` conditions the generation only
+        (reward-augmented policies, Zhang et al. 2025): the table keeps the plain conversation
+        in ``prompt``, so a scorer judges the answer to the user's request, not to the target
+        score, and records the condition in ``generation_system_prompt``."""
+        condition = prompts.assign(system_prompt=system_prompt)
+        condition["prompt"] = [prompt_messages(r) for r in condition.to_dict("records")]
+        table = self.settings().generate(condition, policy)
+        table = table.merge(prompts, on="prompt_id", how="left")
+        table[GENERATION_SYSTEM] = system_prompt
+        return table
 
 
 @torch.no_grad()
 def response_logps(model: Any, tok: Any, table: pd.DataFrame, batch_size: int) -> np.ndarray:
-    """Summed log-probs of each row's response (plus EOS) under ``model``."""
+    """Summed log-probs of each row's response (plus EOS) under ``model``, in the context the
+    response was generated in (the prompt plus ``generation_system_prompt`` when set: a
+    reward-augmented policy's KL is measured where it answered, as its training measured it)."""
     from sweetspot.training.data import TokenizedPair, collate
 
     items = []
     for rec in table.to_dict("records"):
-        text = tok.apply_chat_template(rec["prompt"], add_generation_prompt=True, tokenize=False)
+        messages = prompt_messages({"prompt": rec["prompt"],
+                                    "system_prompt": rec.get(GENERATION_SYSTEM)})
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         prompt = tok(text, add_special_tokens=False)["input_ids"]
         body = tok(rec["response"] or "", add_special_tokens=False)["input_ids"] + [
             tok.eos_token_id

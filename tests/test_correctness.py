@@ -1,0 +1,84 @@
+"""Correctness fixes of issue 12, each checked against an independent computation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_cache_keys import compose_cfg
+from test_scorers import save_reward_model, unbatched_reward
+
+from sweetspot.evaluation.evaluate import Evaluator, response_logps
+from sweetspot.models import ModelSpec, Policy, TinyModelShape, build_tiny_model
+from sweetspot.sampling.hf import GenerationSettings
+from sweetspot.scoring.reward_model import RewardModelScorer
+from sweetspot.selection.augment import AugmentOptions
+from sweetspot.stage_keys import stage_keys
+
+# ---------------------------------------------------------------------------------------------
+# 2. Reward-augmented evaluation: only the trained policy's generation is conditioned.
+
+PROMPTS = pd.DataFrame({
+    "prompt_id": ["t0", "h0", "h1", "h2"],
+    "prompt": ["Say hi.", "Name a colour.", "Count to three.", "What is rain?"],
+    "split": ["train", "heldout", "heldout", "heldout"],
+})
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> Policy:
+    folder = tmp_path_factory.mktemp("policy")
+    build_tiny_model(TinyModelShape(hidden_size=32, intermediate_size=64), folder)
+    return Policy(ModelSpec(source="hf", name_or_path=str(folder)), str(folder))
+
+
+def direct_answers(policy: Policy, system: str | None) -> list[str]:
+    """Independent: generate from hand-built message lists, the system turn first when given."""
+    held = PROMPTS[PROMPTS["split"] == "heldout"]
+    convos = [([{"role": "system", "content": system}] if system else [])
+              + [{"role": "user", "content": p}] for p in held["prompt"]]
+    frame = pd.DataFrame({"prompt_id": held["prompt_id"].to_numpy(), "prompt": convos})
+    settings = GenerationSettings(n=1, seed=0, max_new_tokens=6, temperature=1.0,
+                                  overlong="truncate")
+    return list(settings.generate(frame, policy).sort_values("prompt_id")["response"])
+
+
+def test_augmented_evaluation_conditions_only_the_generation(policy: Policy,
+                                                             tmp_path: Path) -> None:
+    system = AugmentOptions().eval_system_prompt()
+    ev = Evaluator(max_new_tokens=6, seed=0, greedy=False, temperature=1.0)  # seeded samples
+    held = ev.prompts(PROMPTS)
+    conditioned = ev.answer(held, policy, system).sort_values("prompt_id")
+    plain = ev.answer(held, policy).sort_values("prompt_id")
+    # generation: conditioned on the target score for the trained policy, plain otherwise
+    assert list(conditioned["response"]) == direct_answers(policy, system)
+    assert list(plain["response"]) == direct_answers(policy, None)
+    assert list(conditioned["response"]) != list(plain["response"])  # the condition mattered
+    # the scored conversation is the user's request only, in both tables
+    for table in (conditioned, plain):
+        assert "system_prompt" not in table
+        assert [m["role"] for msgs in table["prompt"] for m in msgs] == ["user"] * 3
+    # a reward model scores (plain prompt, answer): compared with an unbatched forward over
+    # hand-built [user, assistant] conversations
+    rm = save_reward_model(tmp_path / "rm")
+    scores = RewardModelScorer(name_or_path=str(rm)).score(conditioned)
+    expected = unbatched_reward(rm, conditioned.assign(prompt=list(held.sort_values(
+        "prompt_id")["prompt"].map(lambda m: m[0]["content"]))))
+    np.testing.assert_allclose(scores["score/reward_model"].to_numpy(), expected, rtol=1e-5,
+                               atol=1e-5)
+    # the KL log-probs are taken where the policy answered: with the system turn
+    by_hand = conditioned.assign(prompt=[[{"role": "system", "content": system}, *m]
+                                         for m in conditioned["prompt"]]).drop(
+        columns=["generation_system_prompt"])
+    np.testing.assert_allclose(response_logps(policy.model, policy.tokenizer, conditioned, 2),
+                               response_logps(policy.model, policy.tokenizer, by_hand, 3),
+                               rtol=1e-5)
+
+
+def test_reference_answers_are_shared_with_the_plain_run() -> None:
+    augmented = stage_keys(compose_cfg("logger=csv", "selection=augment"))
+    plain = stage_keys(compose_cfg("logger=csv", "selection=sweet_spot"))
+    assert augmented["answers_reference"] == plain["answers_reference"]
+    assert augmented["answers_trained"] != plain["answers_trained"]
