@@ -260,7 +260,7 @@ def ref_margin(df, sources, top_fraction, m1=-2.0, min_count=30, fusion="prob"):
         row["p"] = yes / (yes + no) if yes + no > 0 else 0.5
         row["add"] = row["m_ex"] + (row["m_im"] if "implicit" in sources else 0.0)
     key = "p" if fusion == "prob" else "add"
-    rows.sort(key=lambda row: -row[key])          # stable: ties keep prompt order
+    rows.sort(key=lambda row: (-row[key], -row["add"]))  # equal p: the larger margin sum first
     return rows[:math.ceil(top_fraction * len(rows))]
 
 
@@ -274,6 +274,9 @@ def test_margin_matches_reference(sources, fusion):
     df = frame(prompts, implicit_logratio=implicit)
     res = Margin(sources=sources, fusion=fusion, top_fraction=0.2).select(df)
     ref = ref_margin(df, sources, 0.2, fusion=fusion)
+    if len(sources) == 2 and fusion == "prob":  # the cut falls inside the tie at p = 1, so
+        ones = sum(row["p"] == 1.0 for row in ref_margin(df, sources, 1.0))  # the tie-break
+        assert ones > 40 and (res.pairs.p_fused == 1.0).all()  # decides which 40 are kept
     got = res.pairs.sort_values("prompt_id")
     ref = sorted(ref, key=lambda row: row["prompt_id"])
     assert got.prompt_id.tolist() == [row["prompt_id"] for row in ref]
@@ -431,3 +434,23 @@ def test_yaml_nodes_are_exactly_the_dataclass_fields():
     assert isinstance(instantiate(OmegaConf.load(CONF / "augment.yaml")).augment, AugmentOptions)
     sweet = instantiate(OmegaConf.load(CONF / "sweet_spot.yaml"))
     assert (sweet.chosen, sweet.rejected) == ("max", "mu-2sigma")
+
+
+def test_margin_ties_at_p_one_are_ranked_by_the_margin_sum():
+    """Pairs that all fuse to p = 1 are kept by the DM-ADD sum, whatever the table order."""
+    # 6 prompts, margins (external, implicit): with search_min_count=6 each M2 is the smallest
+    # margin, so every pair has p_ex = p_im = 1; the sums are 5, 9, 7, 3, 8, 4 (not table order)
+    ext = {"a": 2.0, "b": 4.0, "c": 3.0, "d": 1.5, "e": 5.0, "f": 2.5}
+    imp = {"a": 3.0, "b": 5.0, "c": 4.0, "d": 1.5, "e": 3.0, "f": 1.5}
+    prompts = {p: [0.0, m] for p, m in ext.items()}
+    implicit = {p: [0.0, m] for p, m in imp.items()}
+    df = frame(prompts, implicit_logratio=implicit)
+    res = Margin(sources=["external", "implicit"], search_min_count=6, top_k=3).select(df)
+    assert (res.pairs.p_fused == 1.0).all()
+    by_sum = sorted(ext, key=lambda p: -(ext[p] + imp[p]))[:3]
+    assert sorted(res.pairs.prompt_id) == sorted(by_sum) == ["b", "c", "e"]
+    for order in (list(ext), list(reversed(ext))):  # the table order changes nothing
+        shuffled = frame({p: prompts[p] for p in order},
+                         implicit_logratio={p: implicit[p] for p in order})
+        again = Margin(sources=["external", "implicit"], search_min_count=6, top_k=3)
+        assert sorted(again.select(shuffled).pairs.prompt_id) == sorted(by_sum)

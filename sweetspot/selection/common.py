@@ -129,7 +129,9 @@ class PairArrays:
     """Pairs as parallel arrays over the matrix (the fast path the benchmark times).
 
     ``priority`` ranks pairs for ``top_fraction``/``top_k``/``max_pairs_per_prompt`` (larger is
-    kept first); ``order_key``, when set, is the curriculum (larger trains first)."""
+    kept first); ``tiebreak``, when set, ranks pairs of equal priority (larger first; without it,
+    or when it ties too, table order decides); ``order_key``, when set, is the curriculum
+    (larger trains first)."""
 
     prompt_index: np.ndarray
     chosen_col: np.ndarray
@@ -142,6 +144,7 @@ class PairArrays:
     metrics: dict[str, float] = field(default_factory=dict)
     order_key: np.ndarray | None = None
     order: np.ndarray | None = None
+    tiebreak: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_index)
@@ -152,6 +155,7 @@ class PairArrays:
             rejected_col=self.rejected_col[keep], priority=self.priority[keep],
             columns={k: v[keep] for k, v in self.columns.items()},
             order_key=None if self.order_key is None else self.order_key[keep],
+            tiebreak=None if self.tiebreak is None else self.tiebreak[keep],
             skipped=dict(self.skipped))
 
     def drop(self, keep: np.ndarray, reason: str) -> PairArrays:
@@ -220,6 +224,11 @@ def data_pairs(m: ResponseMatrix) -> PairArrays:
     if m.text_codes is not None:
         conditions.append(("same_text", m.text_codes[rows, c] == m.text_codes[rows, r]))
     return make_pairs(m, rows, c, r, conditions, ("data", "data"))
+
+
+def tiebreak_of(pairs: PairArrays) -> np.ndarray:
+    """The secondary ranking key (zeros when the strategy sets none: table order decides)."""
+    return np.zeros(len(pairs)) if pairs.tiebreak is None else pairs.tiebreak
 
 
 def _coerce_augment(value: object) -> AugmentOptions | None:
@@ -297,7 +306,7 @@ class PairStrategy(SelectionStrategy):
         if self.min_margin is not None:
             pairs = pairs.drop(pairs.columns["margin"] >= self.min_margin, "below_min_margin")
         if self.max_pairs_per_prompt is not None and len(pairs):
-            idx = np.lexsort((-pairs.priority, pairs.prompt_index))
+            idx = np.lexsort((-tiebreak_of(pairs), -pairs.priority, pairs.prompt_index))
             p = pairs.prompt_index[idx]
             start = np.maximum.accumulate(np.where(np.r_[True, p[1:] != p[:-1]],
                                                    np.arange(len(p)), 0))
@@ -311,7 +320,7 @@ class PairStrategy(SelectionStrategy):
             count = math.ceil(self.top_fraction * len(pairs))
         if count is not None and count < len(pairs):
             keep = np.zeros(len(pairs), bool)
-            keep[np.argsort(-pairs.priority, kind="stable")[:count]] = True
+            keep[np.lexsort((-tiebreak_of(pairs), -pairs.priority))[:count]] = True
             pairs = pairs.drop(keep, "below_top_fraction")
         return pairs
 

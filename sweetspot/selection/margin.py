@@ -9,6 +9,12 @@ the largest value such that at least ``search_min_count`` margins lie in [M2, ma
 value is not above M1; if even the largest is not, every P is 0). K sources fuse
 as prod p / (prod p + prod (1 - p)); where both products are 0 (one source certain of each side)
 the fused value is 0.5. ``fusion: add`` ranks by the sum of the raw margins instead (DM-ADD).
+
+Ties: every margin at or above M2 maps to P = 1, so the top ``search_min_count`` or more pairs
+of each source fuse to exactly 1 (with 200 pairs and M2 the 30th-largest margin, about 50 do).
+``fusion: prob`` breaks ties of the fused value by the DM-ADD sum (larger kept first), so the
+kept set does not depend on the order of the prompts in the table; only pairs equal in both
+keep table order.
 """
 
 from __future__ import annotations
@@ -144,6 +150,11 @@ def dual_margins(cal: Calibration, m: ResponseMatrix, pairs: PairArrays,
         pairs.columns[f"p_{tag}"] = p
         probs.append(p)
     pairs.columns["p_fused"] = fuse(probs)
+    # Ties in p are common: every margin at or above M2 maps to p = 1, and M2 is the
+    # search_min_count-th largest margin, so with a few hundred pairs tens of them fuse to
+    # exactly 1. They are ranked by the DM-ADD sum of their raw margins (larger first): the
+    # pair both signals place furthest above the bounds, instead of table order.
+    pairs.tiebreak = sum(pairs.columns[f"margin_{TAGS[s]}"] for s in sources)
     return pairs
 
 
