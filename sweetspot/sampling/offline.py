@@ -44,7 +44,9 @@ p the probability that i beats j), optionally restricted to some prompt ids.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +60,10 @@ from sweetspot.sampling.base import RESPONSE_COLUMNS, Sampler
 from sweetspot.validation import at_least, one_of, require
 
 FORMATS = ("auto", "jsonl", "parquet", "hf_disk")
+LAYOUTS = ("auto", "responses", "pairs", "transcripts")
 MISSING_MARKERS = frozenset({"", "n/a", "na", "none", "null", "nan", "-"})
 COMPARISON_COLUMNS = ("prompt_id", "i", "j", "p")
+COMPARISONS_COLUMN = "comparisons"  # of the responses table: [[j, p], ...] in response i's row
 
 
 @dataclass
@@ -84,6 +88,11 @@ class OfflineSampler(Sampler):
     id_field: str | None = "id"
     comparisons_field: str | None = "comparisons"
     n: int | None = None  # keep the first n responses of each prompt (null: all of them)
+    layout: str = "auto"  # auto | responses | pairs | transcripts (see the module docstring)
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    score_chosen_field: str = "score_chosen"
+    score_rejected_field: str = "score_rejected"
     needs_model: bool = False
 
     def __post_init__(self) -> None:
@@ -92,6 +101,16 @@ class OfflineSampler(Sampler):
         if self.n is not None:
             at_least("n", self.n, 1)
         one_of("format", self.format, FORMATS)
+        one_of("layout", self.layout, LAYOUTS)
+        for name in ("chosen_field", "rejected_field", "score_chosen_field",
+                     "score_rejected_field"):
+            require(bool(getattr(self, name)), name, "must name a field")
+        require(
+            self.layout not in ("pairs", "transcripts") or self.score_fields is None,
+            "score_fields",
+            "applies to the responses layout; pair layouts read score_chosen_field and "
+            "score_rejected_field",
+        )
         require(bool(self.path), "path", "must name a file or a datasets folder")
         require(bool(self.prompt_field), "prompt_field", "must name a field")
         require(bool(self.responses_field), "responses_field", "must name a field")
@@ -206,10 +225,32 @@ class OfflineSampler(Sampler):
             loaded = loaded[self.split]
         return loaded.to_list()
 
+    def detect_layout(self, row: dict) -> str:
+        """``layout`` when set, else from the first row's fields: ``responses_field`` present:
+        responses; ``chosen_field`` and ``rejected_field``: pairs when ``prompt_field`` is there
+        too, else transcripts; anything else: responses (whose checks then name what is
+        missing)."""
+        if self.layout != "auto":
+            return self.layout
+        if self.responses_field in row:
+            return "responses"
+        if self.chosen_field in row and self.rejected_field in row:
+            return "pairs" if self.prompt_field in row else "transcripts"
+        return "responses"
+
     def _parse(self) -> OfflineData:
         rows = self._rows()
         if not rows:
             raise DataError("no rows", path=self.path)
+        layout = self.detect_layout(rows[0])
+        if layout != "responses":
+            require(
+                self.score_fields is None,
+                "score_fields",
+                "applies to the responses layout; this file has the "
+                f"{layout} layout (score_chosen_field and score_rejected_field are read)",
+            )
+            return self._parse_pairs(rows, layout)
         explicit_scores = self.score_fields is not None
         score_fields = self.score_fields if explicit_scores else {"score": "scores"}
         found = dict.fromkeys(score_fields, False)
@@ -290,17 +331,184 @@ class OfflineSampler(Sampler):
         table["logp"] = table["logp"].astype(float)
         for column in score_columns:
             table[column] = table[column].astype(float)
-        stats["offline/prompts"] = len(prompts)
-        stats["offline/responses"] = len(table)
-        stats["offline/comparisons"] = len(comparisons)
-        return OfflineData(
-            prompts=pd.DataFrame(prompts, columns=["prompt_id", "prompt", "split"]),
-            responses=table,
-            comparisons=pd.DataFrame(comparisons, columns=list(COMPARISON_COLUMNS)).astype(
-                {"i": "int64", "j": "int64", "p": float}
-            ),
-            stats=stats,
+        return _finish(prompts, table, comparisons, stats)
+
+    # -- pair layouts ----------------------------------------------------------------------
+
+    def _parse_pairs(self, rows: list[dict], layout: str) -> OfflineData:
+        """Rows of (prompt, chosen, rejected) merged by prompt: one prompt per distinct prompt
+        (its first row's id), each distinct response text once, one comparison per row."""
+        groups: dict[str, _Group] = {}
+        ids: dict[str, tuple[str, int]] = {}  # explicit id -> (prompt key, first line)
+        stats = {
+            "offline/prompts": 0,
+            "offline/responses": 0,
+            "offline/empty_responses": 0,
+            "offline/prompts_without_responses": 0,
+            "offline/comparisons": 0,
+            "offline/pair_rows": len(rows),
+            "offline/merged_rows": 0,
+            "offline/identical_pairs": 0,
+            "offline/duplicate_responses": 0,
+            "offline/conflicting_scores": 0,
+            "offline/prompts_with_several_pairs": 0,
+        }
+        has_scores = False
+        for line, row in enumerate(rows, start=1):
+            where = {"path": self.path, "line": line}
+            if not isinstance(row, dict):
+                raise DataError("each row must be an object", **where)
+            if layout == "pairs":
+                messages = self._prompt(row, where)
+                chosen = self._pair_response(row, self.chosen_field, messages, where)
+                rejected = self._pair_response(row, self.rejected_field, messages, where)
+            else:
+                messages, chosen = self._transcript(row, self.chosen_field, where)
+                other, rejected = self._transcript(row, self.rejected_field, where)
+                if other != messages:
+                    same = [a == b for a, b in zip(messages, other, strict=False)]
+                    turn = same.index(False) if False in same else len(same)
+                    raise DataError(
+                        f"the rejected transcript does not share the chosen one's prompt "
+                        f"(they differ at turn {turn + 1})",
+                        field=self.rejected_field,
+                        **where,
+                    )
+            scores = []
+            for name in (self.score_chosen_field, self.score_rejected_field):
+                raw = row.get(name, _ABSENT)
+                has_scores |= raw is not _ABSENT
+                scores.append(_to_float(raw, where, name))
+            key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+            explicit = self.id_field and row.get(self.id_field) is not None
+            pid = self._prompt_id(row, line, where)
+            if explicit and pid in ids and ids[pid][0] != key:
+                raise DataError(
+                    f"duplicate id {pid!r} (first on line {ids[pid][1]}, with another prompt)",
+                    field=self.id_field,
+                    **where,
+                )
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group(pid, messages)
+                if explicit:
+                    ids.setdefault(pid, (key, line))
+            else:
+                stats["offline/merged_rows"] += 1
+                if explicit:
+                    ids.setdefault(pid, (key, line))
+            c = group.add(chosen, scores[0], stats)
+            r = group.add(rejected, scores[1], stats)
+            if c == r:
+                stats["offline/identical_pairs"] += 1
+                continue
+            group.comparisons.append((c, r))
+        prompts, responses, comparisons = [], [], []
+        for group in groups.values():
+            keep = len(group.texts) if self.n is None else min(self.n, len(group.texts))
+            prompts.append({"prompt_id": group.pid, "prompt": group.messages, "split": "train"})
+            kept = [(i, j) for i, j in group.comparisons if i < keep and j < keep]
+            stats["offline/prompts_with_several_pairs"] += len(group.comparisons) > 1
+            data_pair = kept[0] if kept else (-1, -1)
+            for k in range(keep):
+                stats["offline/empty_responses"] += group.texts[k] == ""
+                responses.append(
+                    {
+                        "prompt_id": group.pid,
+                        "sample_id": k,
+                        "response": group.texts[k],
+                        "num_tokens": None,
+                        "finish_reason": "offline",
+                        "logp": math.nan,
+                        "skip_reason": None,
+                        "score": group.scores[k],
+                        "data_chosen": k == data_pair[0],
+                        "data_rejected": k == data_pair[1],
+                    }
+                )
+            comparisons.extend(
+                {"prompt_id": group.pid, "i": i, "j": j, "p": 1.0} for i, j in kept
+            )
+        columns = [*RESPONSE_COLUMNS, "data_chosen", "data_rejected", "score"]
+        table = pd.DataFrame(responses, columns=columns)
+        if not has_scores:
+            table = table.drop(columns="score")
+        else:
+            table["score"] = table["score"].astype(float)
+            stats["offline/nan_scores/score"] = int(table["score"].isna().sum())
+        table["sample_id"] = table["sample_id"].astype("int64")
+        table["num_tokens"] = table["num_tokens"].astype("Int64")
+        table["logp"] = table["logp"].astype(float)
+        table[["data_chosen", "data_rejected"]] = table[["data_chosen", "data_rejected"]].astype(
+            bool
         )
+        return _finish(prompts, table, comparisons, stats)
+
+    def _pair_response(self, row: dict, name: str, prompt: list[dict], where: dict) -> str:
+        """A response of the pairs layout: a string, one assistant message, or the prompt's
+        messages followed by one assistant message (UltraFeedback-binarized repeats the user
+        turn)."""
+        if name not in row or row[name] is None:
+            raise DataError(f"missing {name}", field=name, **where)
+        value = _plain(row[name])
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise DataError(
+                f"{name} must be a string or chat messages, got {type(value).__name__}",
+                field=name,
+                **where,
+            )
+        messages = self._messages(value, name, where)
+        rest = messages[len(prompt) :] if messages[: len(prompt)] == prompt else messages
+        if len(rest) != 1 or rest[0]["role"] != "assistant":
+            raise DataError(
+                f"{name} must be the response: one assistant message, or the prompt's messages "
+                f"followed by one assistant message (got {len(messages)} message(s) that "
+                "differ from the prompt)",
+                field=name,
+                **where,
+            )
+        return rest[0]["content"]
+
+    def _transcript(self, row: dict, name: str, where: dict) -> tuple[list[dict], str]:
+        """A full conversation (HH-RLHF ``"\n\nHuman: ...\n\nAssistant: ..."`` or chat
+        messages) split into its prompt (every turn but the last) and the response (the last
+        turn, which must be the assistant's)."""
+        if name not in row or row[name] is None:
+            raise DataError(f"missing {name}", field=name, **where)
+        value = _plain(row[name])
+        if isinstance(value, str):
+            messages = _split_transcript(value, name, where)
+        elif isinstance(value, list):
+            messages = self._messages(value, name, where)
+        else:
+            raise DataError(
+                f"{name} must be a transcript string or chat messages, got "
+                f"{type(value).__name__}",
+                field=name,
+                **where,
+            )
+        if messages[-1]["role"] != "assistant":
+            raise DataError(
+                f"{name} must end with an assistant turn, got {messages[-1]['role']!r}",
+                field=name,
+                **where,
+            )
+        prompt = messages[:-1]
+        if not any(m["role"] == "user" and m["content"].strip() for m in prompt):
+            raise DataError(
+                f"{name} has no user turn before its last assistant turn (no prompt)",
+                field=name,
+                **where,
+            )
+        return prompt, messages[-1]["content"]
+
+    def _messages(self, value: list, name: str, where: dict) -> list[dict]:
+        try:
+            return as_messages(value, name)
+        except DataError as e:
+            raise DataError(str(e).split(" (field")[0], field=name, **where) from None
 
     def _prompt_id(self, row: dict, line: int, where: dict) -> str:
         if self.id_field and self.id_field in row and row[self.id_field] is not None:
@@ -440,9 +648,82 @@ class OfflineSampler(Sampler):
         return out
 
 
+def _finish(
+    prompts: list[dict], table: pd.DataFrame, comparisons: list[dict], stats: dict[str, int]
+) -> OfflineData:
+    """The parsed file; when it has comparisons, each response's row also lists those in which
+    it is ``i`` as ``[[j, p], ...]`` (the ``comparisons`` column, which ``scorer=data`` reads)."""
+    frame = pd.DataFrame(comparisons, columns=list(COMPARISON_COLUMNS)).astype(
+        {"i": "int64", "j": "int64", "p": float}
+    )
+    if len(frame):
+        listed: dict[tuple[str, int], list[list[float]]] = {}
+        for pid, i, j, p in frame.itertuples(index=False):
+            listed.setdefault((pid, int(i)), []).append([float(j), float(p)])
+        table[COMPARISONS_COLUMN] = [
+            listed.get((pid, int(k)), [])
+            for pid, k in zip(table["prompt_id"], table["sample_id"], strict=True)
+        ]
+    stats["offline/prompts"] = len(prompts)
+    stats["offline/responses"] = len(table)
+    stats["offline/comparisons"] = len(frame)
+    return OfflineData(
+        prompts=pd.DataFrame(prompts, columns=["prompt_id", "prompt", "split"]),
+        responses=table,
+        comparisons=frame,
+        stats=stats,
+    )
+
+
 _RESERVED = frozenset(
-    {"prompt_id", "sample_id", "response", "num_tokens", "finish_reason", "logp", "skip_reason"}
+    {"prompt_id", "sample_id", "response", "num_tokens", "finish_reason", "logp", "skip_reason",
+     "data_chosen", "data_rejected", "comparisons"}
 )
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+
+
+class _Group:
+    """One prompt of a pair layout while its rows are merged."""
+
+    def __init__(self, pid: str, messages: list[dict]):
+        self.pid, self.messages = pid, messages
+        self.texts: list[str] = []
+        self.scores: list[float] = []
+        self.index: dict[str, int] = {}
+        self.comparisons: list[tuple[int, int]] = []
+
+    def add(self, text: str, score: float, stats: dict[str, int]) -> int:
+        """The sample id of ``text``: a new one, or the id it already has (its score kept, a
+        different one counted as conflicting; a missing one filled)."""
+        k = self.index.get(text)
+        if k is None:
+            k = self.index[text] = len(self.texts)
+            self.texts.append(text)
+            self.scores.append(score)
+            return k
+        stats["offline/duplicate_responses"] += 1
+        if math.isnan(self.scores[k]):
+            self.scores[k] = score
+        elif not math.isnan(score) and score != self.scores[k]:
+            stats["offline/conflicting_scores"] += 1
+        return k
+
+
+def _split_transcript(text: str, name: str, where: dict) -> list[dict]:
+    r"""``"\n\nHuman: a\n\nAssistant: b"`` as [user a, assistant b] (contents stripped)."""
+    parts = _TURN.split(text)
+    if parts[0].strip() or len(parts) < 3:
+        raise DataError(
+            "a transcript must be turns '\\n\\nHuman: ...' and '\\n\\nAssistant: ...', "
+            f"starting with one; got {text!r:.60}",
+            field=name,
+            **where,
+        )
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [
+        {"role": roles[role], "content": content.strip()}
+        for role, content in zip(parts[1::2], parts[2::2], strict=True)
+    ]
 
 
 class _Absent:
