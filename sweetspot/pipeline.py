@@ -258,19 +258,28 @@ def stage_select(s: RunState, prompts: pd.DataFrame, denoised: pd.DataFrame) -> 
         result = strategy.select(table)
         pairs = attach_texts(result.pairs, prompts, table)
         write_table(pairs, ctx.out_dir / "pairs.parquet")
-        counts = {
-            "pairs": len(pairs),
-            "prompts": int(table["prompt_id"].nunique()),
-            **{f"skipped/{k}": int(v) for k, v in result.skipped.items()},
-            **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
-        }
-        return {"counts": counts}
+        return {"counts": select_counts(denoised, result, len(pairs))}
 
     inputs = [s.entries[k].key for k in ("denoise", "implicit") if k in s.entries]
     entry = s.record(
         s.cache.get_or_compute("select", keys.select_config(s.cfg, s.plan), inputs, compute)
     )
     return read_table(entry.file("pairs.parquet"))
+
+
+def select_counts(denoised: pd.DataFrame, result: Any, pairs: int) -> dict[str, float]:
+    """The select stage's counts: every prompt that reached it gives a pair or is counted by
+    reason. A prompt whose every response is missing (``response`` None: the sampler skipped
+    it, or the data had none) never reaches the strategy (``selection_input`` drops such rows),
+    so it is counted here, as ``skipped/no_responses``, and in ``prompts``."""
+    answered = denoised.loc[denoised["response"].notna(), "prompt_id"].nunique()
+    everyone = denoised["prompt_id"].nunique()
+    counts = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    counts |= {"pairs": pairs, "prompts": int(everyone)}
+    counts |= {f"skipped/{k}": int(v) for k, v in result.skipped.items()}
+    if everyone > answered:
+        counts["skipped/no_responses"] = int(everyone - answered)
+    return counts
 
 
 def attach_texts(

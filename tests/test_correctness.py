@@ -82,3 +82,29 @@ def test_reference_answers_are_shared_with_the_plain_run() -> None:
     plain = stage_keys(compose_cfg("logger=csv", "selection=sweet_spot"))
     assert augmented["answers_reference"] == plain["answers_reference"]
     assert augmented["answers_trained"] != plain["answers_trained"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Prompts with no responses are counted, not dropped silently.
+
+
+def test_prompts_without_responses_are_counted() -> None:
+    from sweetspot.pipeline import select_counts, selection_input
+    from sweetspot.selection.positions import Positions
+
+    rows = [  # (prompt, sample, response, reward)
+        ("a", 0, "x", 0.1), ("a", 1, "y", 0.9), ("a", 2, "z", 0.5),   # a pair
+        ("b", 0, None, np.nan), ("b", 1, None, np.nan),              # sampler skipped it
+        ("c", 0, "u", 0.3), ("c", 1, "v", 0.3),                      # sigma = 0
+        ("d", 0, "w", 0.7), ("d", 1, None, np.nan),                  # one response left
+        ("e", 0, None, np.nan),                                      # skipped too
+    ]
+    denoised = pd.DataFrame(rows, columns=["prompt_id", "sample_id", "response", "reward"])
+    denoised["reward_denoised"] = denoised["reward"]
+    result = Positions(chosen="max", rejected="min").select(selection_input(denoised))
+    counts = select_counts(denoised, result, len(result.pairs))
+    assert counts["prompts"] == 5 and counts["pairs"] == 1
+    skipped = {k.removeprefix("skipped/"): v for k, v in counts.items()
+               if k.startswith("skipped/")}
+    assert skipped == {"no_responses": 2, "zero_sigma": 1, "too_few_responses": 1}
+    assert counts["pairs"] + sum(skipped.values()) == counts["prompts"]
