@@ -303,3 +303,16 @@ def test_pair_errors_in_parquet_name_the_row_and_ids_must_not_clash(tmp_path: Pa
     assert (err.value.line, err.value.field) == (2, "id")
     with pytest.raises(ConfigError, match="score_fields"):
         OfflineSampler(path=str(clash), score_fields={"score": "x"}).load_prompts()
+
+
+def test_identical_pairs_and_conflicting_scores_are_counted(tmp_path: Path) -> None:
+    rows = [{**GOOD, "score_chosen": 5.0, "score_rejected": 1.0},
+            {**GOOD, "score_chosen": 4.0, "score_rejected": None},  # "yes" scored twice
+            {**GOOD, "rejected": "yes", "score_chosen": 5.0, "score_rejected": 5.0}]
+    sampler = OfflineSampler(path=str(write_jsonl(tmp_path / "p.jsonl", rows)))
+    table = sampler.sample(sampler.load_prompts())
+    assert list(table["response"]) == ["yes", "no"]
+    assert list(table["score"]) == [5.0, 1.0]  # the first score kept
+    stats = sampler.data().stats
+    assert (stats["offline/conflicting_scores"], stats["offline/identical_pairs"]) == (1, 1)
+    assert len(sampler.comparisons()) == 2  # rows 1 and 2; row 3 compares "yes" with itself
