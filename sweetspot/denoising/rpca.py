@@ -81,12 +81,18 @@ class _Prompt:
 class RPCADenoiser(Denoiser):
     """Robust PCA of per-prompt preference logits; see the module docstring and RESEARCH.md 5.
 
-    ``reward_denoised`` = mean reward of the prompt + temperature * (row mean of L). Row means of a
-    skew-symmetric rank-2 L = a 1^T - 1 a^T are a_i - mean(a), centred per prompt and in logit
-    units; multiplying by the temperature and adding the prompt's mean reward puts them back on the
-    reward scale, so they compare across prompts as the rewards do (and equal the rewards exactly
-    when nothing is corrupted). A prompt whose rewards are all missing (comparisons source) is
-    centred at 0. Responses with no data (NaN reward, or in no comparison) get NaN, counted.
+    ``reward_denoised`` = mean reward of the prompt + temperature * (row mean of a matrix R), in
+    logit units before the temperature; row means of a skew-symmetric rank-2 matrix
+    a 1^T - 1 a^T are a_i - mean(a), so this puts them back on the reward scale and they compare
+    across prompts as the rewards do. A prompt whose rewards are all missing (comparisons source)
+    is centred at 0. Responses with no data (NaN reward, or in no comparison) get NaN, counted.
+
+    R depends on the source. ``comparisons``: R = L. ``rewards``: R keeps every observed entry of
+    M except those flagged (below) whose direction L reverses, and takes L only there and where
+    an entry is unobserved (``observe_fraction``). A matrix built from rewards is exactly rank 2,
+    so on clean, complete data nothing is replaced and ``reward_denoised`` is the reward itself,
+    bit for bit: RPCA would otherwise shrink heavy-tailed rewards (moving mu and sigma, and the
+    sweet-spot picks). See docs/denoising.md.
 
     Fields:
       source: "rewards" builds M_ij = (reward_i - reward_j) / temperature; "comparisons" builds
@@ -191,7 +197,7 @@ class RPCADenoiser(Denoiser):
             iterations.extend(info["iterations"])
             not_converged += int((~info["converged"]).sum())
             for b, p in enumerate(group):
-                denoised[p.rows] = p.center + self.temperature * L[b].mean(1)
+                denoised[p.rows] = self._scores(p, L[b], S[b], reward)
                 observed = p.mask & ~np.eye(len(p.rows), dtype=bool)
                 row_mean = np.where(observed, p.M, 0).sum(1) / np.maximum(observed.sum(1), 1)
                 noisy[p.rows] = p.center + self.temperature * row_mean
@@ -218,6 +224,29 @@ class RPCADenoiser(Denoiser):
             metrics |= flag_metrics(table["corrupted"].to_numpy(bool),
                                     table["flipped"].to_numpy(bool))
         return DenoiseResult(out, table, metrics, dict(skipped))
+
+    def _flags(self, p: _Prompt, S: np.ndarray) -> np.ndarray:
+        """Comparisons whose sparse part is large: |S_ij| > flag_tol * max |M_ij| of the prompt."""
+        return np.abs(S) > self.flag_tol * np.abs(p.M).max()
+
+    def _scores(self, p: _Prompt, L: np.ndarray, S: np.ndarray,
+                reward: np.ndarray) -> np.ndarray:
+        """``reward_denoised`` of one prompt's responses (see the class docstring)."""
+        if self.source == "comparisons":
+            return p.center + self.temperature * L.mean(1)
+        # rewards: keep every observed comparison the low-rank part does not contradict; take
+        # L only where the data are missing or flagged with the opposite direction. On clean,
+        # complete data nothing is replaced, so the rewards come back unchanged (RPCA's
+        # shrinkage of heavy-tailed but consistent rewards is not a correction).
+        flag = self._flags(p, S)
+        contradicted = (flag | flag.T) & p.mask & (L * p.M < 0)
+        use_low = (~p.mask | contradicted) & ~np.eye(len(p.rows), dtype=bool)
+        repaired = np.where(use_low, L, p.M)
+        scores = p.center + self.temperature * repaired.mean(1)
+        s = reward[p.rows] / self.temperature
+        untouched = (repaired == s[:, None] - s[None, :]).all(1)  # the row is the data's own
+        scores[untouched] = reward[p.rows][untouched]  # exactly (rounding could break ties)
+        return scores
 
     def _build(self, prompt_id, rows, out, reward, comparisons, by_prompt, skipped):
         """One prompt's (M, mask) after hiding and corruption; None (counted) when it has none."""
@@ -269,8 +298,7 @@ class RPCADenoiser(Denoiser):
 
     def _table(self, prompt_id, p: _Prompt, L, S, out, comparisons) -> pd.DataFrame:
         """The observed comparisons of one prompt with their flags."""
-        scale = np.abs(p.M).max()
-        flag = np.abs(S) > self.flag_tol * scale
+        flag = self._flags(p, S)
         ids = out["sample_id"].to_numpy()[p.rows]
         if p.comparison_rows is None:
             a, b = np.nonzero(np.triu(p.mask, 1))
