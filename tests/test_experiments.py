@@ -25,6 +25,7 @@ STUDIES: dict[str, dict[str, list[str]]] = {
     "sweet_spot_scaling": {
         "sampler.use_n": ["4", "8", "16", "32"],
         "selection": ["max_min", "sweet_spot"],
+        "train_seed": ["0", "1", "2"],
     },
     "position_grid": {"selection.pair": sorted(ALL_PAIRS)},
     "less_is_more": {"selection.top_fraction": ["0.1", "1.0"]},
@@ -34,7 +35,7 @@ STUDIES: dict[str, dict[str, list[str]]] = {
         "denoiser.corrupt": ["0.0", "0.05", "0.1", "0.2"],
         "denoiser.solver": ["alm", "none"],
     },
-    "small_margin": {"selection": ["routing", "max_min"], "loss": ["hybrid", "dpo"]},
+    "small_margin": {"selection": ["mixdpo", "routing", "max_min"], "loss": ["hybrid", "dpo"]},
 }
 MAX_TINY_JOBS = 4
 
@@ -91,9 +92,12 @@ def test_study_specific_settings() -> None:
     margin = validate(compose_preset("less_is_more")).selection
     assert type(margin).__name__ == "Margin" and "implicit" in margin.sources
     assert validate(compose_preset("curatron")).denoiser.corrupt == 0.0  # the sweep sets it
-    for name in STUDIES:  # the presets leave the model and the task at their defaults
+    for name in STUDIES:  # the presets keep the default model and task (sizes may differ)
         cfg, default = compose_preset(name), compose_preset(None)
-        assert (cfg.model, cfg.task) == (default.model, default.task)
+        assert cfg.model == default.model and cfg.task._target_ == default.task._target_
+    # position_grid's N = 16 is the first 16 of sweet_spot_scaling's samples: same sample stage
+    assert (grid.sampler.use_n, grid.task) == (16, scaling.task)
+    assert {**grid.sampler, "use_n": None} == {**scaling.sampler, "use_n": None}
 
 
 @pytest.mark.parametrize("name", sorted(STUDIES))
