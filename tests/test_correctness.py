@@ -156,3 +156,48 @@ def test_rpca_on_clean_complete_rewards_selects_as_none(kind: str) -> None:
                                   for _, g in frame.groupby("prompt_id")]))
 
         assert mean_tau(control) < 0.87 and mean_tau(result) > 0.95
+
+
+# ---------------------------------------------------------------------------------------------
+# 3 and 9. Presets carry the papers' settings.
+
+PAPER_BETA = {"sweet_spot_scaling": 0.01, "position_grid": 0.01, "reward_augmented": 0.01,
+              "small_margin": 0.01}  # Xiao et al., Xiao et al., Zhang et al., MixDPO
+
+
+@pytest.mark.parametrize("study", sorted(PAPER_BETA))
+def test_presets_use_the_papers_beta(study: str) -> None:
+    from test_experiments import sweep_of
+
+    from sweetspot.config import validate
+
+    sweep = sweep_of(study)
+    assert not any(k.startswith("loss.") for k in sweep)  # no job overrides it
+    for loss in sweep.get("loss", ["dpo"]):
+        cfg = compose_cfg(f"experiment={study}", f"loss={loss}")
+        assert validate(cfg).loss.beta == PAPER_BETA[study]
+
+
+def test_mixdpo_preset_is_the_published_recipe() -> None:
+    from test_experiments import sweep_of
+
+    from sweetspot.config import validate
+    from sweetspot.pipeline import selection_input
+
+    assert set(sweep_of("small_margin")["selection"]) == {"mixdpo", "routing", "max_min"}
+    plan = validate(compose_cfg("experiment=small_margin", "selection=mixdpo", "loss=hybrid"))
+    assert (plan.loss.beta, plan.loss.label_smoothing) == (0.01, 0.1)  # MixDPO's values
+    assert plan.selection.curriculum and plan.selection.keep_order    # no shuffling
+    shuffled = validate(compose_cfg("experiment=small_margin", "selection=routing")).selection
+    assert not shuffled.keep_order
+    # easy to hard: the training order is the margin, descending (sorted here by hand)
+    rng = np.random.default_rng(0)
+    df = reward_frame(rng.normal(scale=0.2, size=(30, 6)))
+    df["reward_denoised"] = df["reward"]
+    pairs = plan.selection.select(selection_input(df)).pairs.sort_values("order")
+    margins = pairs["margin"].to_numpy()
+    assert list(margins) == sorted(margins, reverse=True)
+    assert set(pairs["route"]) == {"sft", "dpo"}  # both routes occur at threshold 0.5
+    by_hand = sorted((g["reward"].max() - g["reward"].min(), p) for p, g in df.groupby(
+        "prompt_id"))[::-1]
+    assert list(pairs["prompt_id"]) == [p for _, p in by_hand]
