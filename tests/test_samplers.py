@@ -1,6 +1,7 @@
-"""The ``offline``, ``vllm`` and ``openai`` samplers: reading and validating existing completions,
-vLLM's request/response plumbing (on stand-ins shaped like vLLM's objects; the real engine is the
-``gpu`` test), and the OpenAI client's retries against a real local HTTP server."""
+"""The ``hf``, ``offline``, ``vllm`` and ``openai`` samplers: the hf sampler's draw and its
+per-prompt random streams (against a plain reference loop), reading and validating existing
+completions, vLLM's request/response plumbing (on stand-ins shaped like vLLM's objects; the real
+engine is the ``gpu`` test), and the OpenAI client's retries against a real local HTTP server."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+from sweetspot.data import as_messages
 from sweetspot.errors import ConfigError, DataError, MissingExtraError, SweetspotError
-from sweetspot.models import Policy
+from sweetspot.models import ModelSpec, Policy, resolve_model_dir
 from sweetspot.sampling.base import RESPONSE_COLUMNS
-from sweetspot.sampling.hf import prompt_seed
+from sweetspot.sampling.hf import HFSampler, draw, prompt_seed
 from sweetspot.sampling.offline import OfflineSampler
 from sweetspot.sampling.openai import OpenAISampler
 from sweetspot.sampling.vllm import (
@@ -641,3 +644,92 @@ def test_openai_config_checks():
     key = OpenAISampler(concurrency=2).cache_config()
     assert key == OpenAISampler(concurrency=64, max_retries=0).cache_config()
     assert key != OpenAISampler(base_url="http://other:1/v1").cache_config()
+
+
+# -- hf -----------------------------------------------------------------------------------------
+
+HF_PROMPTS = pd.DataFrame(
+    {
+        "prompt_id": ["a", "b", "c"],
+        "prompt": ["Name a fruit.", "Write one short sentence about rain, please.", "Hi"],
+    }
+)
+
+
+def test_hf_draw_inverts_the_tempered_cdf():
+    """A grid of uniforms lands on each token in proportion to softmax(logits / T) (top_p: the
+    renormalised nucleus), and the returned log-prob is the untempered log-softmax."""
+    logits = torch.tensor([[2.0, 0.5, -1.0, 1.0, 0.0]])
+    grid = (torch.arange(20000, dtype=torch.float64) + 0.5) / 20000
+    rows = logits.expand(len(grid), -1)
+    for temperature, top_p in ((1.0, 1.0), (0.7, 1.0), (1.3, 0.8)):
+        choice, logp = draw(rows, grid.float(), temperature, top_p)
+        share = torch.bincount(choice, minlength=5).double() / len(grid)
+        p = [math.exp(x / temperature) for x in logits[0].tolist()]
+        p = [x / sum(p) for x in p]
+        order = sorted(range(5), key=lambda i: -p[i])
+        kept, mass = [], 0.0
+        for i in order:  # the nucleus: smallest prefix whose mass reaches top_p
+            if mass < top_p:
+                kept.append(i)
+            mass += p[i]
+        want = [p[i] / sum(p[j] for j in kept) if i in kept else 0.0 for i in range(5)]
+        assert share.tolist() == pytest.approx(want, abs=2e-4)
+        lse = math.log(sum(math.exp(x) for x in logits[0].tolist()))
+        assert logp.tolist() == pytest.approx([logits[0, c].item() - lse for c in choice], abs=1e-5)
+    greedy, _ = draw(logits, None, 0.0, 1.0)
+    assert greedy.tolist() == [0]
+
+
+def _reference_samples(policy, prompt: str, prompt_id: str, sampler, eos: set[int]) -> list[str]:
+    """The documented stream, written plainly: no cache, no batch, float64. Every step a prompt
+    with an unfinished sample draws N uniforms; sample k takes the k-th and inverts its CDF."""
+    tok, model = policy.tokenizer, policy.model
+    text = tok.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    gen = torch.Generator().manual_seed(prompt_seed(sampler.seed, prompt_id))
+    bodies: list[list[int]] = [[] for _ in range(sampler.n)]
+    done = [False] * sampler.n
+    for _ in range(sampler.max_new_tokens):
+        if all(done):
+            break
+        uniforms = torch.rand(sampler.n, generator=gen).tolist()
+        for k in range(sampler.n):
+            if done[k]:
+                continue
+            with torch.no_grad():
+                last = model(torch.tensor([ids + bodies[k]])).logits[0, -1].double()
+            weights = torch.exp((last - last.max()) / sampler.temperature).tolist()
+            target, acc, token = uniforms[k] * sum(weights), 0.0, len(weights) - 1
+            for i, w in enumerate(weights):
+                acc += w
+                if acc > target:
+                    token = i
+                    break
+            bodies[k].append(token)
+            done[k] = token in eos
+    return [
+        tok.decode(b[:-1] if b and b[-1] in eos else b, skip_special_tokens=True) for b in bodies
+    ]
+
+
+def test_hf_finished_rows_leave_the_batch_without_moving_any_stream(cache_dir: Path):
+    """Many end tokens make rows finish at different steps and leave the batch; a prompt's
+    samples are the same alone and beside others, and follow the plain reference loop."""
+    spec = ModelSpec(source="tiny")
+    policy = Policy(spec, resolve_model_dir(spec, cache_dir))
+    tok = policy.tokenizer
+    eos = {tok.eos_token_id} | set(tok(" aeiou", add_special_tokens=False)["input_ids"])
+    policy.model.generation_config.eos_token_id = sorted(eos)
+    sampler = HFSampler(n=4, max_new_tokens=12, temperature=1.0, seed=5, batch_size=3)
+    together = sampler.sample(HF_PROMPTS, policy).set_index(["prompt_id", "sample_id"])
+    early = together[(together.finish_reason == "stop") & (together.num_tokens < 12)]
+    assert 0 < len(early) < len(together)  # rows did leave the batch while others went on
+    alone = HFSampler(n=4, max_new_tokens=12, temperature=1.0, seed=5, batch_size=1)
+    for pid, prompt in zip(HF_PROMPTS.prompt_id, HF_PROMPTS.prompt, strict=True):
+        mine = alone.sample(HF_PROMPTS[HF_PROMPTS.prompt_id == pid], policy)
+        mine = mine.set_index(["prompt_id", "sample_id"])
+        cols = ["response", "num_tokens", "finish_reason"]
+        pd.testing.assert_frame_equal(mine[cols], together.loc[mine.index, cols])
+        assert mine.logp.tolist() == pytest.approx(together.loc[mine.index].logp.tolist(), abs=1e-4)
+        assert mine.response.tolist() == _reference_samples(policy, prompt, pid, sampler, eos)

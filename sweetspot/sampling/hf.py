@@ -5,11 +5,20 @@ HF ``generate(num_return_sequences=N)`` repeats every prompt N times before the 
 prompt is processed N times; here the prompts of a batch (sorted by length, left padded) are
 prefilled together once and the cache is then repeated N times along the batch axis.
 
-Seeding: prompt ``p`` samples from ``torch.Generator`` seeded with hash(seed, prompt_id), so a
-prompt's samples do not depend on which other prompts share its batch. What torch does not
-guarantee is bitwise-equal logits for different batch shapes (padding changes the matmul
-shapes); a token whose sampled uniform falls within float error of a CDF boundary can then
-differ. On CPU with float32 this is rare; it is the documented limit of the guarantee.
+Seeding: prompt ``p`` has its own ``torch.Generator`` seeded with hash(seed, prompt_id). While any
+of its samples is unfinished, each step draws N uniforms from it (one per sample, finished ones
+included) and each live row picks its token by inverting its CDF at its uniform (``draw``). So
+sample k's t-th token depends only on (seed, prompt_id, k) and the model: not on the batch size,
+the other prompts in the batch, or which rows have finished. Finished rows leave the batch (their
+KV cache rows are dropped), which saves their forward passes without touching anyone's stream.
+What torch does not guarantee is bitwise-equal logits for different batch shapes (padding and
+the number of live rows change the matmul shapes); a token whose uniform falls within float
+error of a CDF boundary can then differ. On CPU with float32 this is rare; it is the documented
+limit of the guarantee.
+
+The random stream changed when ``torch.multinomial`` gave way to ``draw`` (one uniform per row
+instead of one exponential per vocabulary entry): samples differ from earlier versions, and are
+fixed from then on.
 """
 
 from __future__ import annotations
@@ -76,7 +85,7 @@ class GenerationSettings:
                 advance(len(batch))
         return pd.DataFrame(rows)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _generate(self, batch: list[tuple[str, list[int]]], tok: Any, model: Any) -> list[dict]:
         device = next(model.parameters()).device
         n, width = self.n, max(len(ids) for _, ids in batch)
@@ -109,21 +118,28 @@ class GenerationSettings:
         tokens = torch.full((rows_total, self.max_new_tokens), pad, dtype=torch.long)
         logp = torch.zeros(rows_total, dtype=torch.float64)
         length = torch.zeros(rows_total, dtype=torch.long)
-        done = torch.zeros(rows_total, dtype=torch.bool)
         stopped = torch.zeros(rows_total, dtype=torch.bool)
+        live = torch.arange(rows_total)  # the global row of each row still in the batch
         for step in range(self.max_new_tokens):
-            choice = self._draw(logits, generators)
-            live = ~done
-            tokens[live, step] = choice[live].cpu()
-            # log p(token) without materialising a [rows, vocab] log-softmax
-            token_logp = logits.gather(1, choice[:, None])[:, 0] - torch.logsumexp(logits, -1)
-            logp[live] += token_logp[live].double().cpu()
+            uniforms = self._uniforms(live, generators, device)
+            choice, token_logp = draw(logits, uniforms, self.temperature, self.top_p)
+            choice_cpu = choice.cpu()
+            tokens[live, step] = choice_cpu
+            logp[live] += token_logp.double().cpu()
             length[live] += 1
-            hit_eos = torch.isin(choice, eos).cpu() & live
-            stopped |= hit_eos
-            done |= hit_eos
-            if bool(done.all()) or step == self.max_new_tokens - 1:
+            hit_eos = torch.isin(choice, eos).cpu()
+            stopped[live[hit_eos]] = True
+            if step == self.max_new_tokens - 1:
                 break
+            if bool(hit_eos.any()):
+                # finished rows leave the batch; the others keep their own uniforms (above)
+                keep = ~hit_eos
+                if not bool(keep.any()):
+                    break
+                live = live[keep]
+                index = keep.nonzero()[:, 0].to(device)
+                cache.batch_select_indices(index)
+                mask, next_pos, choice = mask[index], next_pos[index], choice[index]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = model(
                 input_ids=choice[:, None],
@@ -153,19 +169,22 @@ class GenerationSettings:
             )
         return rows
 
-    def _draw(self, logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    def _uniforms(
+        self, live: torch.Tensor, generators: list[torch.Generator], device: torch.device
+    ) -> torch.Tensor | None:
+        """One uniform per live row. Every prompt with a live row draws all N of its uniforms
+        each step, finished samples included, so sample k's t-th uniform is the k-th of the
+        prompt's t-th draw whatever else finished or shares the batch."""
         if self.temperature == 0:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(logits / self.temperature, dim=-1)
-        if self.top_p < 1:
-            probs = _top_p(probs, self.top_p)
+            return None
         n = self.n
-        return torch.cat(
-            [
-                torch.multinomial(probs[i * n : (i + 1) * n], 1, generator=g)[:, 0]
-                for i, g in enumerate(generators)
-            ]
+        prompts = torch.unique(live // n).tolist()
+        drawn = torch.stack(
+            [torch.rand(n, generator=generators[p], device=device) for p in prompts]
         )
+        where = {p: i for i, p in enumerate(prompts)}
+        slot = torch.tensor([where[p] for p in (live // n).tolist()], device=device)
+        return drawn[slot, live.to(device) % n]
 
 
 @dataclass(kw_only=True)
@@ -176,6 +195,41 @@ class HFSampler(GenerationSettings, Sampler):
 
     def sample(self, prompts: pd.DataFrame, policy: Any) -> pd.DataFrame:
         return self.generate(prompts, policy)
+
+
+def draw(
+    logits: torch.Tensor, uniforms: torch.Tensor | None, temperature: float, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row by inverting the row's CDF at its uniform; return the tokens and
+    their log-probabilities under the untempered model distribution.
+
+    Why not ``torch.multinomial``: on CPU it draws one exponential per vocabulary entry (49k per
+    row, ~300 ms a step for 64 rows), while inverting the CDF needs one uniform per row, which
+    also lets the caller decide whose generator each row's uniform comes from. The naive loop of
+    ``benchmarks/bench_sampling.py`` calls this same function, so both sides draw alike.
+    ``uniforms`` are in [0, 1), one per row; ``None`` when ``temperature`` is 0 (greedy).
+    """
+    top = logits.amax(-1, keepdim=True)
+    shifted = logits - top
+    if temperature == 0:
+        choice = logits.argmax(-1)
+        norm = torch.exp(shifted).sum(-1)
+    else:
+        if uniforms is None:
+            raise ValueError("draw: uniforms are needed when temperature > 0")
+        weights = torch.exp(shifted if temperature == 1 else shifted / temperature)
+        if top_p < 1:
+            weights = _top_p(weights / weights.sum(-1, keepdim=True), top_p)
+        cdf = weights.cumsum(-1)
+        total = cdf[:, -1:]
+        # strictly below the total, so the first entry above it has positive weight
+        target = torch.minimum(
+            uniforms[:, None].to(cdf.dtype) * total, torch.nextafter(total, torch.zeros_like(total))
+        )
+        choice = torch.searchsorted(cdf, target, right=True)[:, 0]
+        norm = total[:, 0] if temperature == 1 and top_p == 1 else torch.exp(shifted).sum(-1)
+    token_logp = shifted.gather(1, choice[:, None])[:, 0] - norm.log()
+    return choice, token_logp
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
