@@ -16,6 +16,7 @@ from sweetspot.denoising.none import NoDenoiser
 from sweetspot.denoising.rpca import RPCADenoiser, flip_pairs, hide_pairs
 from sweetspot.denoising.solvers import solve_alm, solve_cvxpy
 from sweetspot.errors import ConfigError, DataError
+from sweetspot.pipeline import run_pipeline
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "denoiser"
 
@@ -163,6 +164,50 @@ def test_comparisons_source_with_missing_pairs():
     with pytest.raises(DataError) as error:
         den.denoise(df, bad)
     assert error.value.line == 5 and error.value.field == "p"
+
+
+def test_auto_source_picks_the_comparisons_only_when_the_data_have_them_and_no_scores():
+    """``source: auto`` on a rewards-only frame is ``rewards`` bit for bit (corrupted, so RPCA
+    does work); with a comparisons column it is ``comparisons`` unless the data have scores."""
+    df = frame({"a": 12, "b": 9}, seed=4)
+    auto = RPCADenoiser(corrupt=0.1, seed=1).denoise(df)
+    rewards = RPCADenoiser(source="rewards", corrupt=0.1, seed=1).denoise(df)
+    assert auto.metrics["source_comparisons"] == rewards.metrics["source_comparisons"] == 0
+    pd.testing.assert_frame_equal(auto.responses, rewards.responses)
+    pd.testing.assert_frame_equal(auto.comparisons, rewards.comparisons)
+
+    # the offline reader's column: response i's row lists [j, p] for each comparison (i, j, p)
+    table = pd.DataFrame({"prompt_id": ["q"] * 3, "sample_id": [0, 1, 2],
+                          "reward": [np.nan] * 3,
+                          "comparisons": [[[1.0, 1.0], [2.0, 1.0]], [[2.0, 1.0]], []]})
+    listed = RPCADenoiser().denoise(table)
+    assert listed.metrics["source_comparisons"] == 1
+    pairs = zip(listed.comparisons["i"], listed.comparisons["j"], strict=True)
+    assert sorted(pairs) == [(0, 1), (0, 2), (1, 2)]
+    order = listed.responses.sort_values("reward_denoised", ascending=False)["sample_id"]
+    assert list(order) == [0, 1, 2]  # 0 beats both, 1 beats 2
+    scored = table.assign(score=[3.0, 1.0, 2.0], reward=[3.0, 1.0, 2.0])
+    assert RPCADenoiser().resolved_source(scored, None) == "rewards"
+    assert RPCADenoiser(source="comparisons").resolved_source(scored, None) == "comparisons"
+
+
+def test_auto_source_on_a_built_in_task_equals_rewards(make_cfg, tmp_path: Path) -> None:
+    """``denoiser=rpca`` on the built-in task (tiny model, rules rewards, no comparisons): the
+    default ``auto`` runs on the rewards, giving what ``source=rewards`` gives exactly, and on
+    this clean, complete data that is the reward itself."""
+    base = ("experiment=tiny", "logger=none", "task.max_train=4", "until=select",
+            "sampler.n=4", "sampler.max_new_tokens=8", "denoiser=rpca")
+    auto = run_pipeline(make_cfg(*base), tmp_path / "auto")
+    forced = run_pipeline(make_cfg(*base, "denoiser.source=rewards"), tmp_path / "rewards")
+    assert auto["denoise/source_comparisons"] == forced["denoise/source_comparisons"] == 0
+    a = pd.read_parquet(tmp_path / "auto" / "responses.parquet")
+    b = pd.read_parquet(tmp_path / "rewards" / "responses.parquet")
+    assert "comparisons" not in a.columns and a["reward"].notna().sum() >= 8
+    pd.testing.assert_frame_equal(a, b)
+    live = a["reward"].notna().to_numpy()
+    assert (a["reward_denoised"].to_numpy()[live] == a["reward"].to_numpy()[live]).all()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "auto" / "pairs.parquet"),
+                                  pd.read_parquet(tmp_path / "rewards" / "pairs.parquet"))
 
 
 def test_config_nodes_match_the_classes_and_validate():

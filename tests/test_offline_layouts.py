@@ -136,6 +136,42 @@ def test_rpca_on_the_comparisons_recovers_the_order_a_wrong_label_breaks(make_cf
     assert abs(q1["reward_denoised"].mean()) < 1e-9  # centred on the fit's mean, 0
 
 
+def test_plain_rpca_command_denoises_the_comparisons(make_cfg, tmp_path: Path) -> None:
+    """``sampler=offline sampler.path=FILE denoiser=rpca`` and nothing more (``source: auto``) on
+    comparisons only, one label wrong: it denoises the comparisons, so the true order comes
+    back where the Bradley-Terry fit (what ``source=rewards`` would keep) misranks. Expected
+    orders come from TRUTH; the three sources get three denoise cache keys."""
+    from sweetspot.stage_keys import stage_keys
+
+    path = write_jsonl(tmp_path / "labels.jsonl", comparison_rows(flip=("q1", 0, 4), soft=True))
+    plain = ("sampler=offline", f"sampler.path={path}", "denoiser=rpca")
+    cfg = make_cfg(*plain, "logger=none")
+    assert cfg.denoiser.source == "auto"
+    metrics = run_pipeline(cfg, tmp_path / "run")
+    assert metrics["denoise/source_comparisons"] == 1
+    responses = pd.read_parquet(tmp_path / "run" / "responses.parquet")
+    for pid, truth in TRUTH.items():
+        group = responses[responses["prompt_id"] == pid].sort_values("sample_id")
+        want = list(np.argsort(-np.array(truth)))
+        assert list(np.argsort(-group["reward_denoised"].to_numpy())) == want, pid
+    q1 = responses[responses["prompt_id"] == "q1"].sort_values("sample_id")
+    assert list(np.argsort(-q1["reward"].to_numpy())) == [1, 0, 2, 4, 3]  # the fit misranks
+    pairs = pd.read_parquet(tmp_path / "run" / "pairs.parquet")
+    chosen = dict(zip(pairs["prompt_id"], pairs["chosen_sample_id"], strict=True))
+    assert chosen == {pid: int(np.argmax(truth)) for pid, truth in TRUTH.items()}
+
+    rewards = run_pipeline(make_cfg(*plain, "denoiser.source=rewards", "logger=none"),
+                           tmp_path / "rewards")
+    assert rewards["denoise/source_comparisons"] == 0
+    kept = pd.read_parquet(tmp_path / "rewards" / "responses.parquet")
+    q1 = kept[kept["prompt_id"] == "q1"].sort_values("sample_id")
+    assert list(np.argsort(-q1["reward_denoised"].to_numpy())) == [1, 0, 2, 4, 3]  # rank 2
+    keys = {source: stage_keys(make_cfg(*plain, f"denoiser.source={source}"))
+            for source in ("auto", "rewards", "comparisons")}
+    assert len({k["denoise"] for k in keys.values()}) == 3
+    assert len({k["score"] for k in keys.values()}) == 1
+
+
 def test_data_scorer_prefers_the_data_scores_and_says_when_it_has_none() -> None:
     table = pd.DataFrame({"prompt_id": ["a", "a"], "sample_id": [0, 1], "response": ["x", "y"],
                           "score": [1.0, 4.0], "comparisons": [[[1.0, 1.0]], []]})

@@ -27,9 +27,11 @@ from sweetspot.denoising.base import (
     mean_kendall_tau,
 )
 from sweetspot.errors import DataError
+from sweetspot.scoring.comparisons import comparisons_from_table
 from sweetspot.validation import at_least, fraction, one_of, positive, probability
 
-SOURCES = ("rewards", "comparisons")
+SOURCES = ("auto", "rewards", "comparisons")
+DATA_SCORE_COLUMN = "score"  # the data's own scores, as the offline reader writes them
 
 
 def hide_pairs(mask: np.ndarray, keep: float, rng: np.random.Generator) -> np.ndarray:
@@ -96,8 +98,11 @@ class RPCADenoiser(Denoiser):
 
     Fields:
       source: "rewards" builds M_ij = (reward_i - reward_j) / temperature; "comparisons" builds
-        M_ij = logit(p) clipped to +-max_logit from the comparisons table, M_ji = -M_ij, repeated
-        comparisons of a pair averaged, pairs never compared masked out.
+        M_ij = logit(p) clipped to +-max_logit from the data's comparisons, M_ji = -M_ij,
+        repeated comparisons of a pair averaged, pairs never compared masked out; "auto" (the
+        default) is "comparisons" when the data carry comparisons and no scores of their own,
+        else "rewards" (see :meth:`resolved_source`). The source used is reported as the
+        ``source_comparisons`` metric (1 or 0).
       lam: weight of ||S||_1; None means 1 / sqrt(n) (Candes et al. 2011), n per prompt.
       solver: "alm" (batched NumPy, what runs at scale), "cvxpy" (SCS reference, slow), or
         "none" (L = the observed, possibly corrupted matrix: the no-denoising control arm that
@@ -115,7 +120,7 @@ class RPCADenoiser(Denoiser):
     # Each prompt's problem is solved on its own (per-instance stopping): the chunk bounds memory.
     EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("chunk_size",)
 
-    source: str = "rewards"
+    source: str = "auto"
     temperature: float = 1.0
     max_logit: float = 5.0
     lam: Optional[float] = None  # noqa: UP045 (OmegaConf reads Optional)
@@ -164,22 +169,56 @@ class RPCADenoiser(Denoiser):
                                  mu_init_scale=self.mu_init_scale, mu_growth=self.mu_growth,
                                  balance=self.balance, chunk_size=self.chunk_size)
 
+    @staticmethod
+    def data_comparisons(responses: pd.DataFrame,
+                         comparisons: pd.DataFrame | None) -> pd.DataFrame | None:
+        """The data's comparisons: the table given (the pipeline passes the offline sampler's),
+        else those the responses table lists in its ``comparisons`` column (the offline reader
+        writes one when the file has comparisons); None when there are none."""
+        if comparisons is None:
+            comparisons = comparisons_from_table(responses)
+        return comparisons if len(comparisons) else None
+
+    def resolved_source(self, responses: pd.DataFrame,
+                        comparisons: pd.DataFrame | None) -> str:
+        """The source this call uses. ``auto``: "comparisons" when the data carry comparisons
+        (:meth:`data_comparisons`) and no score of their own (no number in the ``score``
+        column); then the reward is a Bradley-Terry fit of those comparisons (``scorer=data``),
+        a rank-2 matrix RPCA cannot clean, and the comparisons are what holds the wrong labels
+        (CURATRON). Data with scores (UltraFeedback) and computed rewards (built-in tasks, no
+        comparisons) use "rewards". The choice is per run, never per prompt."""
+        if self.source != "auto":
+            return self.source
+        if self.data_comparisons(responses, comparisons) is None:
+            return "rewards"
+        if DATA_SCORE_COLUMN in responses.columns:
+            scores = pd.to_numeric(responses[DATA_SCORE_COLUMN], errors="coerce")
+            if np.isfinite(scores.to_numpy(dtype=float)).any():
+                return "rewards"
+        return "comparisons"
+
     def denoise(self, responses: pd.DataFrame,
                 comparisons: pd.DataFrame | None = None) -> DenoiseResult:
         check_responses(responses)
-        if self.source == "comparisons":
+        source = self.resolved_source(responses, comparisons)
+        if source == "comparisons":
+            comparisons = self.data_comparisons(responses, comparisons)
             if comparisons is None:
-                raise DataError("denoiser source 'comparisons' needs a comparisons table",
+                raise DataError("denoiser source 'comparisons' needs the data's comparisons "
+                                "(a comparisons table or the responses' 'comparisons' column)",
                                 field="comparisons")
             check_comparisons(comparisons, responses)
+        else:
+            comparisons = None
         out = responses.reset_index(drop=True)
         reward = out["reward"].to_numpy(dtype=float)
         skipped: Counter = Counter()
         by_prompt = (comparisons.reset_index(drop=True).groupby("prompt_id", sort=False).indices
-                     if self.source == "comparisons" else {})
+                     if source == "comparisons" else {})
         problems = []
         for prompt_id, rows in out.groupby("prompt_id", sort=False).indices.items():
-            problem = self._build(prompt_id, rows, out, reward, comparisons, by_prompt, skipped)
+            problem = self._build(prompt_id, rows, out, reward, comparisons, by_prompt, skipped,
+                                  source)
             if problem is not None:
                 problems.append(problem)
 
@@ -197,7 +236,7 @@ class RPCADenoiser(Denoiser):
             iterations.extend(info["iterations"])
             not_converged += int((~info["converged"]).sum())
             for b, p in enumerate(group):
-                denoised[p.rows] = self._scores(p, L[b], S[b], reward)
+                denoised[p.rows] = self._scores(p, L[b], S[b], reward, source)
                 observed = p.mask & ~np.eye(len(p.rows), dtype=bool)
                 row_mean = np.where(observed, p.M, 0).sum(1) / np.maximum(observed.sum(1), 1)
                 noisy[p.rows] = p.center + self.temperature * row_mean
@@ -219,6 +258,7 @@ class RPCADenoiser(Denoiser):
             "prompts_denoised": len(problems),
             "solver_iterations_mean": float(np.mean(iterations)) if iterations else 0.0,
             "solver_not_converged": not_converged,
+            "source_comparisons": int(source == "comparisons"),
         }
         if self.corrupt > 0:
             metrics |= flag_metrics(table["corrupted"].to_numpy(bool),
@@ -229,10 +269,10 @@ class RPCADenoiser(Denoiser):
         """Comparisons whose sparse part is large: |S_ij| > flag_tol * max |M_ij| of the prompt."""
         return np.abs(S) > self.flag_tol * np.abs(p.M).max()
 
-    def _scores(self, p: _Prompt, L: np.ndarray, S: np.ndarray,
-                reward: np.ndarray) -> np.ndarray:
+    def _scores(self, p: _Prompt, L: np.ndarray, S: np.ndarray, reward: np.ndarray,
+                source: str) -> np.ndarray:
         """``reward_denoised`` of one prompt's responses (see the class docstring)."""
-        if self.source == "comparisons":
+        if source == "comparisons":
             return p.center + self.temperature * L.mean(1)
         # rewards: keep every observed comparison the low-rank part does not contradict; take
         # L only where the data are missing or flagged with the opposite direction. On clean,
@@ -248,11 +288,11 @@ class RPCADenoiser(Denoiser):
         scores[untouched] = reward[p.rows][untouched]  # exactly (rounding could break ties)
         return scores
 
-    def _build(self, prompt_id, rows, out, reward, comparisons, by_prompt, skipped):
+    def _build(self, prompt_id, rows, out, reward, comparisons, by_prompt, skipped, source):
         """One prompt's (M, mask) after hiding and corruption; None (counted) when it has none."""
         rng = np.random.default_rng([self.seed, zlib.crc32(str(prompt_id).encode())])
         pairs = None
-        if self.source == "rewards":
+        if source == "rewards":
             has = np.isfinite(reward[rows])
             skipped["responses_without_reward"] += int((~has).sum())
             rows = rows[has]
