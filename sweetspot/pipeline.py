@@ -26,6 +26,8 @@ from sweetspot.config import Plan, validate
 from sweetspot.data import pairs_for_trl, read_table, write_json, write_jsonl, write_table
 from sweetspot.errors import ConfigError, SweetspotError
 from sweetspot.models import ModelSpec, Policy, resolve_model_dir
+from sweetspot.scoring.base import Scorer
+from sweetspot.selection.base import SelectionResult
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,7 @@ class RunState:
 
     def record(self, entry: Entry) -> Entry:
         self.entries[entry.stage] = entry
-        verb = "reused" if entry.reused else "computed"
-        log.info("[%s] %s %s (%.1fs)", entry.stage, verb, entry.key, entry.meta.get("seconds", 0))
+        # The cache already logged the stage once (computed or reused): no second line here.
         self.metrics[f"stage/{entry.stage}/reused"] = entry.reused
         self.metrics[f"stage/{entry.stage}/seconds"] = entry.meta.get("seconds", 0.0)
         for k, v in entry.meta.get("counts", {}).items():
@@ -66,12 +67,12 @@ class RunState:
 
 
 def stage_prompts(s: RunState) -> pd.DataFrame:
-    """The task's prompts, or the prompts of the sampler's own file (``sampler=offline``)."""
-    task, sampler = s.plan.task, s.plan.sampler
-    from_sampler = hasattr(sampler, "load_prompts")
+    """The prompt source's prompts: the task, or the data a sampler brings with its own prompts
+    (``Sampler.prompt_source``, e.g. ``sampler=offline``)."""
+    source = keys.prompt_source(s.plan)
 
     def compute(ctx: Any) -> dict:
-        prompts = sampler.load_prompts() if from_sampler else task.load()
+        prompts = source.load()
         write_table(prompts, ctx.out_dir / "prompts.parquet")
         splits = prompts["split"].value_counts()
         return {"counts": {k: int(splits.get(k, 0)) for k in ("train", "heldout")}}
@@ -110,12 +111,14 @@ def stage_sample(s: RunState, prompts: pd.DataFrame) -> pd.DataFrame:
     return read_table(entry.file("responses.parquet"))
 
 
-def score_responses(scorer: Any, table: pd.DataFrame) -> None:
-    """Add the scorer's columns in place; skipped rows (no response) keep NaN scores."""
+def score_responses(scorer: Scorer, table: pd.DataFrame) -> dict[str, float]:
+    """Add the scorer's columns in place; skipped rows (no response) keep NaN scores. Returns
+    the scorer's statistics of the call."""
     live = table["response"].notna()
-    scores = scorer.score(table[live])
-    for col in scores.columns:
-        table.loc[live, col] = scores[col]
+    result = scorer.run(table[live])
+    for col in result.scores.columns:
+        table.loc[live, col] = result.scores[col]
+    return result.stats
 
 
 def stage_score(s: RunState, prompts: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
@@ -124,18 +127,11 @@ def stage_score(s: RunState, prompts: pd.DataFrame, responses: pd.DataFrame) -> 
     def compute(ctx: Any) -> dict:
         extra = [c for c in prompts.columns if c not in responses.columns or c == "prompt_id"]
         table = responses.merge(prompts[extra], on="prompt_id", how="left")
-        score_responses(scorer, table)
+        stats = score_responses(scorer, table)
         table["reward"] = table[scorer.column].astype(float)
         bad = int((~np.isfinite(table["reward"].to_numpy())).sum())
         write_table(table, ctx.out_dir / "scored.parquet")
-        stats = getattr(scorer, "last_stats", {}) or {}
-        return {
-            "counts": {
-                "responses": len(table),
-                "unscored": bad,
-                **{k: v for k, v in stats.items() if isinstance(v, (int, float))},
-            }
-        }
+        return {"counts": {"responses": len(table), "unscored": bad, **stats}}
 
     entry = s.record(
         s.cache.get_or_compute(
@@ -146,15 +142,12 @@ def stage_score(s: RunState, prompts: pd.DataFrame, responses: pd.DataFrame) -> 
 
 
 def stage_denoise(s: RunState, scored: pd.DataFrame) -> pd.DataFrame:
-    """Denoise the first ``sampler.use_n`` responses of each prompt (all when null): a sweep
-    over N samples and scores once at the largest N."""
-    denoiser, use_n = s.plan.denoiser, s.plan.sampler.use_n
-    if use_n is not None:
-        scored = scored[scored["sample_id"] < use_n].reset_index(drop=True)
+    """Denoise the responses the later stages use (``Sampler.used``: the first ``use_n`` of each
+    prompt; the key holds ``use_n``), with the comparisons the data came with, if any."""
+    denoiser = s.plan.denoiser
 
     def compute(ctx: Any) -> dict:
-        given = getattr(s.plan.sampler, "comparisons", None)
-        comparisons = given(scored["prompt_id"].unique()) if callable(given) else None
+        comparisons = s.plan.sampler.comparisons(scored["prompt_id"].unique())
         if comparisons is not None and comparisons.empty:
             comparisons = None
         result = denoiser.denoise(scored, comparisons)
@@ -191,37 +184,29 @@ def stage_implicit(s: RunState, denoised: pd.DataFrame) -> pd.DataFrame:
     """The implicit margin's sub-stage (Deng et al. 2025): DPO-train a copy of the run's model on
     a random subset of candidate pairs, then score every response's log-ratio to its start."""
     from sweetspot.scoring.implicit import ImplicitScorer
-    from sweetspot.selection.positions import Positions
     from sweetspot.training.losses import DPOLoss
     from sweetspot.training.train import train_policy
 
-    strategy = s.plan.selection
+    implicit = s.plan.selection.implicit_settings()
     table = selection_input(denoised)
 
     def compute(ctx: Any) -> dict:
-        if strategy.implicit_candidates()["source"] == "data":  # every data pair, unfiltered
-            finder = dataclasses.replace(
-                strategy, sources=["external"], top_fraction=None, top_k=None, augment=None,
-                min_margin=None, max_pairs_per_prompt=None,
-            )
-        else:
-            finder = Positions(chosen=strategy.chosen, rejected=strategy.rejected)
-        candidates = finder.select(table).pairs
-        size = min(strategy.implicit_subset_size, len(candidates))
+        candidates = implicit.candidates.select(table).pairs
+        size = min(implicit.subset_size, len(candidates))
         subset = candidates.sample(n=size, random_state=s.cfg.seed).reset_index(drop=True)
         subset = attach_texts(subset, s.prompts, table)
         policy = s.policy(s.plan.model)
         cfg = dataclasses.replace(
             s.plan.trainer,
-            max_steps=strategy.implicit_steps,
-            lr=strategy.implicit_lr,
+            max_steps=implicit.steps,
+            lr=implicit.lr,
             epochs=max(1, s.plan.trainer.epochs),
         )
         metrics = train_policy(
             subset,
             policy,
             cfg,
-            DPOLoss(beta=strategy.implicit_beta),
+            DPOLoss(beta=implicit.beta),
             s.cache,
             ctx.out_dir,
             [],
@@ -230,7 +215,7 @@ def stage_implicit(s: RunState, denoised: pd.DataFrame) -> pd.DataFrame:
         scorer = ImplicitScorer(
             policy_path=str(ctx.out_dir / "checkpoint"),
             reference_path=policy.path,
-            beta=strategy.implicit_beta,
+            beta=implicit.beta,
             max_length=cfg.max_length,
             max_prompt_length=cfg.max_prompt_length,
         )
@@ -250,7 +235,7 @@ def stage_implicit(s: RunState, denoised: pd.DataFrame) -> pd.DataFrame:
 
 def stage_select(s: RunState, prompts: pd.DataFrame, denoised: pd.DataFrame) -> pd.DataFrame:
     strategy = s.plan.selection
-    if getattr(strategy, "needs_implicit", False):
+    if strategy.needs_implicit:
         denoised = stage_implicit(s, denoised)
 
     def compute(ctx: Any) -> dict:
@@ -267,7 +252,7 @@ def stage_select(s: RunState, prompts: pd.DataFrame, denoised: pd.DataFrame) -> 
     return read_table(entry.file("pairs.parquet"))
 
 
-def select_counts(denoised: pd.DataFrame, result: Any, pairs: int) -> dict[str, float]:
+def select_counts(denoised: pd.DataFrame, result: SelectionResult, pairs: int) -> dict[str, float]:
     """The select stage's counts: every prompt that reached it gives a pair or is counted by
     reason. A prompt whose every response is missing (``response`` None: the sampler skipped
     it, or the data had none) never reaches the strategy (``selection_input`` drops such rows),
@@ -308,7 +293,7 @@ def stage_train(s: RunState, pairs: pd.DataFrame) -> Path:
             "the skipped counts in the log (e.g. every prompt had sigma = 0)"
         )
     policy = s.policy(s.plan.model)
-    keep_order = bool(getattr(s.plan.selection, "keep_order", False))
+    keep_order = s.plan.selection.keep_order
     if keep_order and "order" in pairs:
         pairs = pairs.sort_values("order", kind="stable").reset_index(drop=True)
 
@@ -339,21 +324,18 @@ def stage_answers(
     prompts: pd.DataFrame,
     inputs: list[str],
     system_prompt: str | None,
+    kl_reference: Policy | None = None,
 ) -> pd.DataFrame:
-    """Held-out answers of one policy, scored (cached per policy)."""
+    """Held-out answers of one policy, scored (cached per policy); with ``kl_reference``, each
+    answer's log-ratio to it as well (``kl_logratio``: the KL estimate's terms)."""
     evaluator, scorer = s.plan.evaluation, s.plan.eval_scorer
 
     def compute(ctx: Any) -> dict:
         held = evaluator.prompts(prompts)
-        table = evaluator.answer(held, policy, system_prompt)
+        table = evaluator.answer(held, policy, system_prompt, label=name.replace("_", " "))
         score_responses(scorer, table)
-        if name == "answers_trained":
-            from sweetspot.evaluation.evaluate import response_logps
-
-            ref = s.policy(s.plan.model)
-            lp_pol = response_logps(policy.model, policy.tokenizer, table, evaluator.kl_batch_size)
-            lp_ref = response_logps(ref.model, ref.tokenizer, table, evaluator.kl_batch_size)
-            table["kl_logratio"] = lp_pol - lp_ref
+        if kl_reference is not None:
+            table["kl_logratio"] = evaluator.kl_logratio(table, policy, kl_reference)
         write_table(table, ctx.out_dir / "answers.parquet")
         return {"counts": {"prompts": int(held.shape[0])}}
 
@@ -393,6 +375,7 @@ def stage_evaluate(s: RunState, prompts: pd.DataFrame, checkpoint: Path) -> dict
         prompts,
         [s.entries["prompts"].key, s.entries["train"].key],
         system,
+        kl_reference=reference,
     )
     scorer = s.plan.eval_scorer
     metrics = compare(new_answers, ref_answers, scorer.column, f"{scorer.name}/detail")
@@ -434,7 +417,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         prompts = s.prompts = stage_prompts(s)
         responses = stage_sample(s, prompts)
         scored = stage_score(s, prompts, responses)
-        denoised = stage_denoise(s, scored)
+        denoised = stage_denoise(s, plan.sampler.used(scored))
         write_table(denoised, run_dir / "responses.parquet")
         s.metrics.update(describe(denoised["reward"], "reward"))
         pairs = stage_select(s, prompts, denoised)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweetspot.cache import stage_key
 from sweetspot.config import Plan, validate
+from sweetspot.tasks.base import Task
 
 STAGES = (
     "prompts", "sample", "score", "denoise", "implicit", "select", "train",
@@ -51,10 +52,18 @@ def node(cfg: DictConfig, key: str) -> Any:
     return key_node(cfg[key])
 
 
+def prompt_source(plan: Plan) -> Task:
+    """The run's prompt source: the sampler's own prompts when it brings them
+    (``Sampler.prompt_source``, e.g. offline data), else the task."""
+    return plan.sampler.prompt_source() or plan.task
+
+
 def prompts_config(cfg: DictConfig, plan: Plan) -> dict:
-    """The task's prompts, or the offline sampler's own file."""
-    if hasattr(plan.sampler, "load_prompts"):  # sampler=offline: prompts from its own file
-        return {"sampler": plan.sampler.cache_config()}
+    """The task's node and fingerprint; a sampler's own prompts are identified by their
+    fingerprint alone (offline data: the sampler's config, which holds the file's hash)."""
+    own = plan.sampler.prompt_source()
+    if own is not None:
+        return own.fingerprint()
     return {"task": node(cfg, "task"), **plan.task.fingerprint()}
 
 
@@ -75,7 +84,7 @@ def implicit_config(cfg: DictConfig, plan: Plan) -> dict:
     """The implicit sub-stage trains on a random subset of the strategy's candidate pairs, so its
     key holds the candidates (``implicit_config()`` of the strategy), not only ``implicit_*``."""
     return {
-        "implicit": plan.selection.implicit_config(),
+        "implicit": plan.selection.implicit_settings().key,
         "trainer": node(cfg, "trainer"),
         "model": plan.model.identity(),
         "seed": cfg.seed,
@@ -86,23 +95,19 @@ def select_config(cfg: DictConfig, plan: Plan) -> dict:
     return {"selection": node(cfg, "selection")}
 
 
-def keep_order(plan: Plan) -> bool:
-    return bool(getattr(plan.selection, "keep_order", False))
-
-
 def train_config(cfg: DictConfig, plan: Plan) -> dict:
     return {
         "loss": node(cfg, "loss"),
         "trainer": node(cfg, "trainer"),
         "model": plan.model.identity(),
-        "keep_order": keep_order(plan),
+        "keep_order": plan.selection.keep_order,
     }
 
 
 def eval_system_prompt(plan: Plan) -> str | None:
-    """The system prompt the trained policy generates under (reward-augmented runs), else None."""
-    augment = getattr(plan.selection, "augment", None)
-    return augment.eval_system_prompt() if augment is not None else None
+    """The system prompt the trained policy generates under (reward-augmented runs), else None:
+    the strategy's ``eval_system_prompt()``."""
+    return plan.selection.eval_system_prompt()
 
 
 def eval_scorer_node(cfg: DictConfig) -> Any:
@@ -135,7 +140,7 @@ def stage_keys(cfg: DictConfig, plan: Plan | None = None) -> dict[str, str]:
     keys["score"] = key("score", score_config(cfg, plan), [keys["sample"]])
     keys["denoise"] = key("denoise", denoise_config(cfg, plan), [keys["score"]])
     inputs = [keys["denoise"]]
-    if getattr(plan.selection, "needs_implicit", False):
+    if plan.selection.needs_implicit:
         keys["implicit"] = key("implicit", implicit_config(cfg, plan), [keys["denoise"]])
         inputs.append(keys["implicit"])
     keys["select"] = key("select", select_config(cfg, plan), inputs)

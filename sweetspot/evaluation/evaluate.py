@@ -8,6 +8,10 @@ pass rates when the scorer reports them; mean length; and a KL estimate: the mea
 trained policy's own responses of log pi(y|x) - log pi_ref(y|x),
 the standard Monte-Carlo estimator of KL(pi || pi_ref) when responses are sampled (with greedy
 decoding it is a proxy: greedy outputs are not samples).
+
+The pipeline's evaluate stage calls ``Evaluator.prompts`` (which held-out prompts),
+``Evaluator.answer`` (one policy's answers, under the strategy's ``eval_system_prompt()`` for the
+trained policy), ``Evaluator.kl_logratio`` (for the trained policy only) and ``compare``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from sweetspot import stats
 from sweetspot.data import as_messages
@@ -73,17 +78,29 @@ class Evaluator:
         return held.reset_index(drop=True)
 
     def answer(self, prompts: pd.DataFrame, policy: Any,
-               system_prompt: str | None = None) -> pd.DataFrame:
+               system_prompt: str | None = None, label: str = "answer") -> pd.DataFrame:
         """``policy``'s answers to ``prompts``. ``system_prompt`` conditions the generation only
         (reward-augmented policies, Zhang et al. 2025): the table keeps the plain conversation
         in ``prompt``, so a scorer judges the answer to the user's request, not to the target
-        score, and records the condition in ``generation_system_prompt``."""
+        score, and records the condition in ``generation_system_prompt``. ``label`` names the
+        progress bar."""
         condition = prompts.assign(system_prompt=system_prompt)
         condition["prompt"] = [prompt_messages(r) for r in condition.to_dict("records")]
-        table = self.settings().generate(condition, policy)
+        settings = self.settings()
+        with tqdm(total=len(condition), desc=label, unit="prompt") as bar:
+            settings.progress = bar.update  # advanced per generated batch
+            table = settings.generate(condition, policy)
         table = table.merge(prompts, on="prompt_id", how="left")
         table[GENERATION_SYSTEM] = system_prompt
         return table
+
+    def kl_logratio(self, answers: pd.DataFrame, policy: Any, reference: Any) -> np.ndarray:
+        """Per answer of ``policy``, log pi(y|x) - log pi_ref(y|x) in the context it was
+        generated in: the terms of the KL estimate (``compare`` averages the ``kl_logratio``
+        column). The pipeline asks for it on the trained policy's answers only."""
+        lp_policy = response_logps(policy.model, policy.tokenizer, answers, self.kl_batch_size)
+        lp_ref = response_logps(reference.model, reference.tokenizer, answers, self.kl_batch_size)
+        return lp_policy - lp_ref
 
 
 @torch.no_grad()

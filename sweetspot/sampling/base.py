@@ -1,4 +1,10 @@
-"""The sampler interface: prompts in, N responses per prompt out, written in resumable shards."""
+"""The sampler interface: prompts in, N responses per prompt out, written in resumable shards.
+
+The pipeline calls ``run`` (the sample stage), ``used`` (the first ``use_n`` responses of each
+prompt, before denoising), ``prompt_source`` (a sampler that brings its own prompts, e.g. offline
+data, replaces the task) and ``comparisons`` (pairwise comparisons that came with the data, for
+the denoiser). The defaults fit a sampler that generates: the task's prompts, no comparisons.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from sweetspot.data import read_table, write_table
+from sweetspot.tasks.base import Task
 from sweetspot.validation import at_least, require
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,23 @@ class Sampler(ABC):
 
     def execution_only(self) -> tuple[str, ...]:
         return ("shard_size", "batch_size", "progress", "use_n")
+
+    def prompt_source(self) -> Task | None:
+        """The prompts this sampler answers when they are its own (data with its prompts, e.g.
+        ``sampler=offline``), as a task that replaces the run's; None: the run's task's."""
+        return None
+
+    def comparisons(self, prompt_ids: Any = None) -> pd.DataFrame | None:
+        """Pairwise comparisons that come with the responses (``prompt_id, i, j, p``), for the
+        denoiser; None when the sampler has none (it generated the responses)."""
+        return None
+
+    def used(self, table: pd.DataFrame) -> pd.DataFrame:
+        """The responses the later stages use: the first ``use_n`` of each prompt (all when
+        null), so a sweep over N samples and scores once at the largest N."""
+        if self.use_n is None:
+            return table
+        return table[table["sample_id"] < self.use_n].reset_index(drop=True)
 
     def run(
         self, prompts: pd.DataFrame, policy: Any, partial_dir: Path

@@ -34,11 +34,13 @@ scores of another length than the responses, a bad comparison, a duplicate id) r
 The counts (``offline/empty_responses``, ``offline/nan_scores/<column>``,
 ``offline/prompts_without_responses``, ...) are in ``data().stats`` and in ``run()``'s stats.
 
-Prompts: since they come from the file, :meth:`OfflineSampler.load_prompts` gives the prompts
-table (``prompt_id``, ``prompt``, ``split = "train"``) for the pipeline to use instead of the
-task's. Comparisons: :meth:`OfflineSampler.comparisons` gives them as a side table with the
-denoiser's columns ``prompt_id, i, j, p`` (i, j are sample ids: positions in the responses list;
-p the probability that i beats j), optionally restricted to some prompt ids.
+Prompts: since they come from the file, :meth:`OfflineSampler.prompt_source` is a task over
+them (:class:`OfflinePrompts`: ``prompt_id``, ``prompt``, ``split = "train"``, from
+:meth:`OfflineSampler.load_prompts`) that the pipeline uses instead of the configured task.
+Comparisons:
+:meth:`OfflineSampler.comparisons` gives them as a side table with the denoiser's columns
+``prompt_id, i, j, p`` (i, j are sample ids: positions in the responses list; p the probability
+that i beats j), optionally restricted to some prompt ids.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import pandas as pd
 from sweetspot.data import as_messages, read_jsonl
 from sweetspot.errors import DataError
 from sweetspot.sampling.base import RESPONSE_COLUMNS, Sampler
+from sweetspot.tasks.base import Task
 from sweetspot.validation import at_least, one_of, require
 
 FORMATS = ("auto", "jsonl", "parquet", "hf_disk")
@@ -74,6 +77,20 @@ class OfflineData:
     responses: pd.DataFrame
     comparisons: pd.DataFrame
     stats: dict[str, int]
+
+
+@dataclass(kw_only=True)
+class OfflinePrompts(Task):
+    """The prompts of an offline file, as the run's task: keyed by the sampler's config (which
+    holds the file's content hash), not by the ``task`` node it replaces."""
+
+    sampler: OfflineSampler
+
+    def load(self) -> pd.DataFrame:
+        return self.sampler.load_prompts()
+
+    def fingerprint(self) -> dict:
+        return {"sampler": self.sampler.cache_config()}
 
 
 @dataclass(kw_only=True)
@@ -137,6 +154,10 @@ class OfflineSampler(Sampler):
     def load_prompts(self) -> pd.DataFrame:
         """``prompt_id``, ``prompt`` (chat messages), ``split`` (all ``train``), in file order."""
         return self.data().prompts.copy()
+
+    def prompt_source(self) -> Task:
+        """The file's prompts replace the task's."""
+        return OfflinePrompts(sampler=self)
 
     def sample(self, prompts: pd.DataFrame, policy: Any = None) -> pd.DataFrame:
         """The file's responses of ``prompts`` (in their order), with the score columns."""

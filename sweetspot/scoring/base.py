@@ -1,20 +1,36 @@
-"""The scorer interface: a table of responses in, one score column per scorer out."""
+"""The scorer interface: a table of responses in, one score column per scorer out, with the
+counts of what happened (``ScoreResult``).
+
+The pipeline (and the ensemble, for its parts) calls ``run``: the scores and the statistics of
+that call, together. A subclass implements ``score`` and records its counts (empty responses,
+truncations, non-finite outputs, ...) in ``self.last_stats`` while it scores; ``run`` hands them
+over with the scores. Subclasses are dataclasses whose fields are the YAML node of
+``conf/scorer/<option>.yaml`` (``_target_`` names the class).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import pandas as pd
+
+
+@dataclass
+class ScoreResult:
+    """``scores``: the frame of ``Scorer.score`` (aligned with the input's index). ``stats``:
+    the call's numeric counts, reported by the score stage as ``score/<key>``."""
+
+    scores: pd.DataFrame
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
 class Scorer(ABC):
     """Scores every response of a table.
 
-    ``name`` becomes the column ``score/<name>``. Subclasses are dataclasses whose fields are the
-    YAML node of ``conf/scorer/<option>.yaml`` (``_target_`` names the class).
+    ``name`` becomes the column ``score/<name>``.
     """
 
     # Fields that change how the work is done, not the scores (left out of the cache key).
@@ -25,6 +41,22 @@ class Scorer(ABC):
     @property
     def column(self) -> str:
         return f"score/{self.name}"
+
+    @property
+    def last_stats(self) -> dict[str, Any]:
+        """The counts of the latest ``score`` call (empty before the first)."""
+        return self.__dict__.get("_last_stats", {})
+
+    @last_stats.setter
+    def last_stats(self, value: dict[str, Any]) -> None:
+        self.__dict__["_last_stats"] = dict(value)
+
+    def run(self, responses: pd.DataFrame) -> ScoreResult:
+        """Score ``responses`` and return the scores with the call's numeric statistics."""
+        self.last_stats = {}
+        scores = self.score(responses)
+        stats = {k: v for k, v in self.last_stats.items() if isinstance(v, int | float)}
+        return ScoreResult(scores=scores, stats=stats)
 
     @abstractmethod
     def score(self, responses: pd.DataFrame) -> pd.DataFrame:

@@ -155,7 +155,8 @@ class EnsembleScorer(Scorer):
         columns: dict[str, pd.Series] = {}
         stats: dict[str, Any] = {}
         for part, weight in zip(self.parts, self.weights, strict=True):
-            frame = part.score(responses)
+            result = part.run(responses)
+            frame = result.scores
             if part.column not in frame.columns:
                 raise SweetspotError(f"ensemble component {part.name!r} returned no "
                                      f"{part.column!r} column")
@@ -170,8 +171,7 @@ class EnsembleScorer(Scorer):
             normalised[f"{self.name}/{part.name}"] = norm
             if weight != 0:
                 total = total + weight * norm
-            part_stats = getattr(part, "last_stats", {}) or {}
-            stats.update({f"{part.name}/{k}": v for k, v in part_stats.items()
+            stats.update({f"{part.name}/{k}": v for k, v in result.stats.items()
                           if isinstance(v, int | float) and not isinstance(v, bool)})
             stats[f"{part.name}/unscored"] = int(np.isnan(values).sum())
             if self.normalize in ("prompt_z", "global_z"):

@@ -1,9 +1,23 @@
-"""The selection interface: per-response rewards in, a table of pairs (with their scores) out."""
+"""The selection interface: per-response rewards in, a table of pairs (with their scores) out.
+
+Besides ``select``, a strategy declares what the pipeline must do around it (the pipeline asks
+the strategy, never inspects it):
+
+- ``needs_implicit``: it reads the ``implicit_logratio`` column, so the implicit sub-stage runs
+  first, with the settings of ``implicit_settings()`` (its own cache entry);
+- ``keep_order``: its pairs' ``order`` is a curriculum the training loader must not shuffle;
+- ``eval_system_prompt()``: the system prompt the trained policy generates under at evaluation
+  (reward-augmented training conditions it on a target score), or None.
+
+The defaults (False, False, None) fit a plain strategy, so a new strategy is still one class and
+one YAML file (``conf/selection/<option>.yaml`` whose ``_target_`` names the class).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -23,9 +37,46 @@ class SelectionResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ImplicitSettings:
+    """What the implicit sub-stage needs from a strategy (Deng et al. 2025): DPO-train a copy of
+    the run's model for ``steps`` steps at ``lr`` and ``beta`` on ``subset_size`` random pairs
+    drawn from what ``candidates`` selects, then score every response's log-ratio to its start.
+    ``key`` is everything the sub-stage's output depends on besides the trainer, the model and the
+    seed (part of its cache key)."""
+
+    candidates: SelectionStrategy
+    subset_size: int
+    beta: float
+    steps: int
+    lr: float
+    key: dict[str, Any]
+
+
 @dataclass(kw_only=True)
 class SelectionStrategy(ABC):
     @abstractmethod
     def select(self, responses: pd.DataFrame) -> SelectionResult:
         """``responses``: one row per response with ``prompt_id``, ``sample_id``, ``response``
-        and ``reward`` (float). Returns pairs with at least ``PAIR_COLUMNS``."""
+        and ``reward`` (float), plus ``implicit_logratio`` when ``needs_implicit``. Returns
+        pairs with at least ``PAIR_COLUMNS``."""
+
+    @property
+    def needs_implicit(self) -> bool:
+        """True when ``select`` reads the ``implicit_logratio`` column (the implicit sub-stage)."""
+        return False
+
+    def implicit_settings(self) -> ImplicitSettings:
+        """The implicit sub-stage's settings; only asked when ``needs_implicit``."""
+        raise NotImplementedError(f"{type(self).__name__} does not use implicit margins")
+
+    @property
+    def keep_order(self) -> bool:
+        """True when the pairs' ``order`` is a curriculum the training loader must not shuffle."""
+        return False
+
+    def eval_system_prompt(self) -> str | None:
+        """The system prompt the trained policy generates under at evaluation, or None (plain
+        generation). Scorers always see the plain conversation; the reference is never
+        conditioned."""
+        return None

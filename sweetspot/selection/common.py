@@ -271,15 +271,10 @@ class PairStrategy(SelectionStrategy):
         at_least("block_rows", self.block_rows, 1)
         self.augment = _coerce_augment(self.augment)
 
-    @property
-    def keep_order(self) -> bool:
-        """True when the pairs' ``order`` is a curriculum the training loader must not shuffle."""
-        return False
-
-    @property
-    def needs_implicit(self) -> bool:
-        """True when the ``implicit_logratio`` column (the implicit sub-stage) is required."""
-        return False
+    def eval_system_prompt(self) -> str | None:
+        """With ``augment`` the policy learned to answer a target score: it generates under the
+        top of the scale at evaluation."""
+        return self.augment.eval_system_prompt() if self.augment is not None else None
 
     @abstractmethod
     def make_pairs(self, m: ResponseMatrix) -> PairArrays:

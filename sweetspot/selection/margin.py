@@ -19,11 +19,12 @@ keep table order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
 from sweetspot.errors import DataError
+from sweetspot.selection.base import ImplicitSettings, SelectionStrategy
 from sweetspot.selection.common import (
     PairArrays,
     PairStrategy,
@@ -32,6 +33,7 @@ from sweetspot.selection.common import (
     position_pairs,
 )
 from sweetspot.selection.matrix import IMPLICIT_COLUMN, ResponseMatrix
+from sweetspot.selection.positions import Positions
 from sweetspot.validation import at_least, one_of, positive, require
 
 SOURCES = ("external", "implicit")
@@ -112,6 +114,20 @@ class ImplicitOptions:
         """Which pairs the sub-stage draws its training subset from (part of its cache key)."""
         raise NotImplementedError
 
+    def implicit_candidate_strategy(self) -> SelectionStrategy:
+        """The strategy that selects those candidate pairs (as ``implicit_candidates`` names)."""
+        raise NotImplementedError
+
+    def implicit_settings(self) -> ImplicitSettings:
+        return ImplicitSettings(
+            candidates=self.implicit_candidate_strategy(),
+            subset_size=self.implicit_subset_size,
+            beta=self.implicit_beta,
+            steps=self.implicit_steps,
+            lr=self.implicit_lr,
+            key=self.implicit_config(),
+        )
+
     def implicit_config(self) -> dict:
         """Everything the sub-stage's output depends on besides the trainer, the model and the
         seed: the ``implicit_*`` fields and the candidate pairs (``implicit_candidates``)."""
@@ -188,6 +204,12 @@ class Margin(ImplicitOptions, Calibration, PairStrategy):
         if self.candidates == "data":  # the dataset's own pair of each prompt
             return {"source": "data"}
         return {"source": "positions", "chosen": self.chosen, "rejected": self.rejected}
+
+    def implicit_candidate_strategy(self) -> SelectionStrategy:
+        if self.candidates == "data":  # every data pair, unfiltered
+            return replace(self, sources=["external"], top_fraction=None, top_k=None,
+                           augment=None, min_margin=None, max_pairs_per_prompt=None)
+        return Positions(chosen=self.chosen, rejected=self.rejected)
 
     def make_pairs(self, m: ResponseMatrix) -> PairArrays:
         if self.candidates == "positions":

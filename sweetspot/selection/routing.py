@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sweetspot.selection.base import SelectionStrategy
 from sweetspot.selection.common import PairArrays, PairStrategy, position_pair, position_pairs
 from sweetspot.selection.margin import Calibration, ImplicitOptions, dual_margins, implicit_margins
 from sweetspot.selection.matrix import ResponseMatrix
+from sweetspot.selection.positions import Positions
 from sweetspot.validation import one_of, require
 
 MARGIN_SOURCES = ("external", "implicit", "fused")
@@ -48,6 +50,9 @@ class Routing(ImplicitOptions, Calibration, PairStrategy):
 
     def implicit_candidates(self) -> dict:
         return {"source": "positions", "chosen": self.chosen, "rejected": self.rejected}
+
+    def implicit_candidate_strategy(self) -> SelectionStrategy:
+        return Positions(chosen=self.chosen, rejected=self.rejected)
 
     def make_pairs(self, m: ResponseMatrix) -> PairArrays:
         pairs = position_pairs(m, self.chosen, self.rejected, self.block_rows)

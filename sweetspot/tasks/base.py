@@ -1,4 +1,10 @@
-"""The task interface: where prompts come from."""
+"""The task interface: where a run's prompts come from.
+
+A task is the prompt source of a run: ``task=<option>`` (``conf/task/<option>.yaml``), or the
+data a sampler brings with its own prompts (``sampler=offline``: ``Sampler.prompt_source()``
+returns a task over the file's prompts, and it replaces the configured task). The prompts stage
+calls ``load()``; its cache key holds the task's config node and ``fingerprint()``.
+"""
 
 from __future__ import annotations
 
