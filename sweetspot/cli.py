@@ -14,36 +14,51 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from sweetspot.config import config_dir
+from sweetspot.console import configure as configure_console
 from sweetspot.data import write_text
 from sweetspot.errors import SweetspotError
 
 log = logging.getLogger("sweetspot")
 
 
+SUMMARY_KEYS = (
+    ("select/pairs", "pairs selected"),
+    ("pairs/margin/mean", "mean pair margin"),
+    ("train/steps", "training steps"),
+    ("train/loss", "final train loss"),
+    ("eval/reward_reference", "reward, reference"),
+    ("eval/reward_trained", "reward, trained"),
+    ("eval/reward_delta", "reward delta"),
+    ("eval/win_rate", "win rate"),
+    ("eval/strict_accuracy/trained", "strict accuracy, trained"),
+    ("eval/kl_estimate", "KL estimate"),
+    ("run/seconds", "run seconds"),
+)
+
+
 def summary(metrics: dict, run_dir: Path) -> str:
-    keys = [
-        "select/pairs",
-        "pairs/margin/mean",
-        "train/loss",
-        "eval/reward_reference",
-        "eval/reward_trained",
-        "eval/win_rate",
-        "eval/kl_estimate",
-        "run/seconds",
-    ]
-    width = max(len(k) for k in keys)
-    lines = [
-        f"  {k:<{width}}  {metrics[k]:.4g}"
-        if isinstance(metrics.get(k), float)
-        else f"  {k:<{width}}  {metrics.get(k)}"
-        for k in keys
-        if k in metrics
-    ]
-    return "\n".join(["", "sweetspot run finished", *lines, f"  run folder: {run_dir}", ""])
+    """The closing screen: the headline figures (95% CIs beside the estimates they qualify)
+    and where the full report is."""
+    width = max(len(label) for _, label in SUMMARY_KEYS)
+    lines = []
+    for key, label in SUMMARY_KEYS:
+        if key not in metrics:
+            continue
+        value = metrics[key]
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        ci = metrics.get(f"{key}_ci95")
+        if isinstance(ci, list | tuple) and len(ci) == 2:
+            text += f"  (95% CI {ci[0]:.3g} to {ci[1]:.3g})"
+        lines.append(f"  {label:<{width}}  {text}")
+    report = run_dir / "report.md"
+    where = [f"  report: {report}"] if report.is_file() else []
+    return "\n".join(["", "sweetspot run finished", *lines, *where,
+                      f"  run folder: {run_dir}", ""])
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    configure_console(bool(cfg.get("verbose", False)))  # before the pipeline imports anything
     from sweetspot.pipeline import run_pipeline
 
     hc = HydraConfig.get()
@@ -56,8 +71,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         metrics = run_pipeline(cfg, run_dir)
     except SweetspotError as e:
         write_text(f"{e}\n", run_dir / "error.txt")
-        log.error("%s", e)
-        print(f"sweetspot: {e}", file=sys.stderr)
+        print(f"sweetspot: {e}", file=sys.stderr)  # once, on stderr (and in error.txt)
         if multirun:
             return None
         sys.exit(2)
