@@ -4,12 +4,14 @@ Each stage is a cache entry (see cache.py) keyed by its own config node and its 
 so a sweep over ``selection=`` or ``loss=`` samples and scores once. The run folder gets the
 tables a researcher reads (responses, pairs, metrics, report) and ``stages.json``, which names
 every cache entry the run used, so any result can be traced to the config that made it.
+
+The stage objects (``config.Plan``) are used only through their base classes' interfaces, which
+``sweetspot/README.md`` lists: this module never asks an object what it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,9 +30,6 @@ from sweetspot.errors import ConfigError, SweetspotError
 from sweetspot.models import ModelSpec, Policy, resolve_model_dir
 from sweetspot.scoring.base import Scorer
 from sweetspot.selection.base import SelectionResult
-
-log = logging.getLogger(__name__)
-
 
 UNTIL = ("select", "train", "evaluate")
 
