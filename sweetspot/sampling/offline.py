@@ -278,11 +278,7 @@ class OfflineSampler(Sampler):
         prompts, responses, comparisons = [], [], []
         seen: dict[str, int] = {}
         stats = {
-            "offline/prompts": 0,
-            "offline/responses": 0,
-            "offline/empty_responses": 0,
-            "offline/prompts_without_responses": 0,
-            "offline/comparisons": 0,
+            **_common_counts(),
             **{f"offline/nan_scores/{c}": 0 for c in score_fields},
         }
         for line, row in enumerate(rows, start=1):
@@ -362,11 +358,7 @@ class OfflineSampler(Sampler):
         groups: dict[str, _Group] = {}
         ids: dict[str, tuple[str, int]] = {}  # explicit id -> (prompt key, first line)
         stats = {
-            "offline/prompts": 0,
-            "offline/responses": 0,
-            "offline/empty_responses": 0,
-            "offline/prompts_without_responses": 0,
-            "offline/comparisons": 0,
+            **_common_counts(),
             "offline/pair_rows": len(rows),
             "offline/merged_rows": 0,
             "offline/identical_pairs": 0,
@@ -668,6 +660,12 @@ class OfflineSampler(Sampler):
                 out.append({"prompt_id": pid, "i": i, "j": j, "p": prob})
         return out
 
+
+
+def _common_counts() -> dict[str, int]:
+    """The counts every layout reports, zeroed."""
+    keys = ("prompts", "responses", "empty_responses", "prompts_without_responses", "comparisons")
+    return {f"offline/{k}": 0 for k in keys}
 
 def _finish(
     prompts: list[dict], table: pd.DataFrame, comparisons: list[dict], stats: dict[str, int]
