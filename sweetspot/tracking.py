@@ -51,8 +51,12 @@ class Tracker:
             self._loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
         if "wandb" in self.backends and self.wandb.mode != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")
-            logger = WandbLogger(
-                save_dir=str(run_dir),
+            import wandb
+
+            # The run is started here and handed to Lightning: its own wandb.init passes a
+            # deprecated setting (`anonymous`) that makes W&B print a warning in every run.
+            run = wandb.init(
+                dir=str(run_dir),
                 name=run_name,
                 project=self.wandb.project,
                 entity=self.wandb.entity,
@@ -61,7 +65,7 @@ class Tracker:
                 mode=self.wandb.mode,
                 config=config,
             )
-            self._loggers.append(logger)
+            self._loggers.append(WandbLogger(experiment=run, save_dir=str(run_dir)))
         return self._loggers
 
     @property
