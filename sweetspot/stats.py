@@ -161,3 +161,28 @@ def seed_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 
     half = float(t.ppf(0.5 + level / 2, v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
     return Interval(mean, mean - half, mean + half, int(v.size))
+
+
+def arm_difference(
+    arm_a: Sequence[np.ndarray],
+    arm_b: Sequence[np.ndarray],
+    prompt_ids: Sequence,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> tuple[Interval, Interval]:
+    """Two strategies compared on the same held-out prompts: mean of A - B, two ways.
+
+    ``arm_a[k]`` and ``arm_b[k]`` are the per-answer rewards of the two arms' policies trained
+    with seed ``k`` (answers aligned on ``prompt_ids``). Returns (paired bootstrap over prompts
+    of the seed-averaged difference, t interval over the seeds' mean differences): the first
+    says whether these prompts tell the arms apart, the second whether training noise does.
+    """
+    if len(arm_a) != len(arm_b) or not arm_a:
+        raise ValueError(f"both arms need the same seeds, got {len(arm_a)} and {len(arm_b)}")
+    diffs = np.stack([np.asarray(a, float) - np.asarray(b, float)
+                      for a, b in zip(arm_a, arm_b, strict=True)])
+    prompts = paired_mean(diffs.mean(axis=0), prompt_ids, resamples=resamples, seed=seed,
+                          level=level)
+    return prompts, seed_interval([float(d.mean()) for d in diffs], level=level)

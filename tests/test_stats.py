@@ -152,3 +152,23 @@ def test_compare_leaves_out_strict_keys_for_a_scorer_without_them() -> None:
     m = compare(trained, reference, "score/rm", "rm/detail", resamples=100)
     assert not any(k.startswith("eval/strict_accuracy") for k in m)
     assert m["eval/win_rate"] == pytest.approx(0.75)
+
+
+def test_arm_difference_averages_seeds_then_resamples_prompts() -> None:
+    rng = np.random.default_rng(3)
+    ids = np.repeat([f"p{i}" for i in range(40)], 1)
+    a = [rng.normal(0.6, 0.1, 40) for _ in range(3)]
+    b = [rng.normal(0.5, 0.1, 40) for _ in range(3)]
+    prompts, seeds = stats.arm_difference(a, b, ids, resamples=2000, seed=1)
+    # independent: per-prompt differences averaged over seeds, resampled with the same draws
+    d = np.mean([x - y for x, y in zip(a, b, strict=True)], axis=0)
+    draws = np.random.default_rng(1).integers(0, 40, size=(2000, 40))
+    expected = np.percentile(d[draws].mean(axis=1), [2.5, 97.5])
+    assert prompts.estimate == pytest.approx(d.mean())
+    assert [prompts.low, prompts.high] == pytest.approx(list(expected))
+    per_seed = [float((x - y).mean()) for x, y in zip(a, b, strict=True)]
+    half = 4.302652729911275 * np.std(per_seed, ddof=1) / np.sqrt(3)  # t(0.975, 2), tabled
+    assert [seeds.low, seeds.high] == pytest.approx([np.mean(per_seed) - half,
+                                                     np.mean(per_seed) + half])
+    with pytest.raises(ValueError, match="same seeds"):
+        stats.arm_difference(a, b[:2], ids)

@@ -15,3 +15,9 @@ for seed in 0 1 2; do
   sweetspot -m experiment=sweet_spot_scaling logger=csv train_seed=$seed selection=sweet_spot \
     sampler.use_n=16,32 hydra.sweep.dir=$OUT/sweet_spot_seed$seed
 done
+# One report over all the sweeps: their job folders side by side, then `sweetspot report`.
+mkdir -p "$OUT/all"
+for sweep in "$OUT"/max_min_seed* "$OUT"/sweet_spot_seed*; do
+  for job in "$sweep"/[0-9]*; do ln -sfn "$(realpath "$job")" "$OUT/all/$(basename "$sweep")-$(basename "$job")"; done
+done
+sweetspot report "$OUT/all"
