@@ -7,10 +7,13 @@ the strategy, never inspects it):
   first, with the settings of ``implicit_settings()`` (its own cache entry);
 - ``keep_order``: its pairs' ``order`` is a curriculum the training loader must not shuffle;
 - ``eval_system_prompt()``: the system prompt the trained policy generates under at evaluation
-  (reward-augmented training conditions it on a target score), or None.
+  (reward-augmented training conditions it on a target score), or None;
+- ``needs_pilot``: it picks its pairs by a pilot (short runs of candidate strategies scored on
+  held-out reward), so the pilot stage runs first with ``pilot_settings()`` (its own cache entry)
+  and the full run selects with ``after_pilot(pick)``, the candidate the pilot picked.
 
-The defaults (False, False, None) fit a plain strategy, so a new strategy is still one class and
-one YAML file (``conf/selection/<option>.yaml`` whose ``_target_`` names the class).
+The defaults (False, False, None, False) fit a plain strategy, so a new strategy is still one
+class and one YAML file (``conf/selection/<option>.yaml`` whose ``_target_`` names the class).
 """
 
 from __future__ import annotations
@@ -53,6 +56,27 @@ class ImplicitSettings:
     key: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class PilotSettings:
+    """What the pilot stage needs from a strategy (``selection=pilot``): train a short LoRA run
+    (``steps`` steps at ``lr``, the trainer's when None) on the pairs each of ``candidates``
+    (label -> strategy) selects from ``prompt_fraction`` of the train prompts, less a
+    ``validation_fraction`` of those kept back; the policy answers the kept-back prompts, and
+    each run's reward difference to the untrained policy (paired bootstrap CI) ranks the
+    candidates; ``pick`` ("mean" or "lower": the CI's lower bound) names the ranking. ``seed``
+    draws the prompts. ``key`` is everything the pilot's output depends on besides the trainer,
+    loss, model, evaluation and inputs (part of its cache key)."""
+
+    candidates: dict[str, SelectionStrategy]
+    prompt_fraction: float
+    validation_fraction: float
+    steps: int
+    lr: float | None
+    seed: int
+    pick: str
+    key: dict[str, Any]
+
+
 @dataclass(kw_only=True)
 class SelectionStrategy(ABC):
     @abstractmethod
@@ -80,3 +104,17 @@ class SelectionStrategy(ABC):
         generation). Scorers always see the plain conversation; the reference is never
         conditioned."""
         return None
+
+    @property
+    def needs_pilot(self) -> bool:
+        """True when the pairs come from the candidate a pilot picks (the pilot stage)."""
+        return False
+
+    def pilot_settings(self) -> PilotSettings:
+        """The pilot stage's settings; only asked when ``needs_pilot``."""
+        raise NotImplementedError(f"{type(self).__name__} runs no pilot")
+
+    def after_pilot(self, pick: str) -> SelectionStrategy:
+        """The strategy the full run selects with, given the label of the pilot's pick (a key
+        of ``pilot_settings().candidates``); only asked when ``needs_pilot``."""
+        raise NotImplementedError(f"{type(self).__name__} runs no pilot")
