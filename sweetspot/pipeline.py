@@ -29,7 +29,7 @@ from sweetspot.data import pairs_for_trl, read_table, write_json, write_jsonl, w
 from sweetspot.errors import ConfigError, SweetspotError
 from sweetspot.models import ModelSpec, Policy, resolve_model_dir
 from sweetspot.scoring.base import Scorer
-from sweetspot.selection.base import SelectionResult
+from sweetspot.selection.base import SelectionResult, SelectionStrategy
 
 UNTIL = ("select", "train", "evaluate")
 
@@ -48,6 +48,10 @@ class RunState:
     metrics: dict[str, Any] = field(default_factory=dict)
     policies: dict[str, Policy] = field(default_factory=dict)
     prompts: pd.DataFrame | None = None
+    # Iterative rounds (sweetspot.rounds): training's reference when it is not the model trained
+    # from (round_reference=initial), and evaluation's reference when it is not that model (pi_0).
+    reference: ModelSpec | None = None
+    baseline: ModelSpec | None = None
 
     def record(self, entry: Entry) -> Entry:
         self.entries[entry.stage] = entry
@@ -232,10 +236,39 @@ def stage_implicit(s: RunState, denoised: pd.DataFrame) -> pd.DataFrame:
     return denoised.merge(logratio, on=["prompt_id", "sample_id"], how="left")
 
 
+def stage_model_scores(s: RunState, strategy: SelectionStrategy,
+                       denoised: pd.DataFrame) -> SelectionStrategy:
+    """The model-scoring sub-stage of a strategy that ``needs_model`` (``selection=influence``):
+    the run's model scores candidate pairs (cached, keyed by the strategy's ``model_config``);
+    returns the strategy bound to those scores."""
+    from sweetspot.selection.base import ModelInputs
+
+    table = selection_input(denoised)
+
+    def compute(ctx: Any) -> dict:
+        inputs = ModelInputs(policy=s.policy(s.plan.model), trainer=s.plan.trainer,
+                             seed=int(s.cfg.seed))
+        scores, counts = strategy.score_with_model(table, inputs)
+        write_table(scores, ctx.out_dir / "model_scores.parquet")
+        return {"counts": counts}
+
+    entry = s.record(
+        s.cache.get_or_compute("model_scores", keys.model_scores_config(s.cfg, s.plan),
+                               [s.entries["denoise"].key], compute)
+    )
+    return strategy.with_model_scores(read_table(entry.file("model_scores.parquet")))
+
+
 def stage_select(s: RunState, prompts: pd.DataFrame, denoised: pd.DataFrame) -> pd.DataFrame:
     strategy = s.plan.selection
     if strategy.needs_implicit:
         denoised = stage_implicit(s, denoised)
+    if strategy.needs_pilot:  # the pilot picks the strategy the full run selects with
+        from sweetspot.pilot_stage import stage_pilot
+
+        strategy = stage_pilot(s, prompts, denoised)
+    if strategy.needs_model:
+        strategy = stage_model_scores(s, strategy, denoised)
 
     def compute(ctx: Any) -> dict:
         table = selection_input(denoised)
@@ -244,7 +277,8 @@ def stage_select(s: RunState, prompts: pd.DataFrame, denoised: pd.DataFrame) -> 
         write_table(pairs, ctx.out_dir / "pairs.parquet")
         return {"counts": select_counts(denoised, result, len(pairs))}
 
-    inputs = [s.entries[k].key for k in ("denoise", "implicit") if k in s.entries]
+    inputs = [s.entries[k].key for k in ("denoise", "implicit", "pilot", "model_scores")
+              if k in s.entries]
     entry = s.record(
         s.cache.get_or_compute("select", keys.select_config(s.cfg, s.plan), inputs, compute)
     )
@@ -307,10 +341,11 @@ def stage_train(s: RunState, pairs: pd.DataFrame) -> Path:
             s.plan.logger.loggers,
             keep_order=keep_order,
             resume_dir=ctx.partial_dir,
+            reference=s.policy(s.reference) if s.reference is not None else None,
         )
         return {"metrics": metrics}
 
-    config = keys.train_config(s.cfg, s.plan)
+    config = keys.train_config(s.cfg, s.plan, s.reference)
     entry = s.record(s.cache.get_or_compute("train", config, [s.entries["select"].key], compute))
     s.metrics.update(entry.meta.get("metrics", {}))
     return entry.file("checkpoint")
@@ -358,13 +393,14 @@ def stage_evaluate(s: RunState, prompts: pd.DataFrame, checkpoint: Path) -> dict
         max_context=s.plan.model.max_context,
     )
     trained = s.policy(trained_spec, str(checkpoint))
-    reference = s.policy(s.plan.model)
+    baseline = s.baseline or s.plan.model
+    reference = s.policy(baseline)
     ref_answers = stage_answers(
         s,
         "answers_reference",
         reference,
         prompts,
-        [s.entries["prompts"].key, str(s.plan.model.identity())],
+        [s.entries["prompts"].key, str(baseline.identity())],
         None,  # the reference answers unconditioned: shared with every job of the sweep
     )
     new_answers = stage_answers(
@@ -401,15 +437,27 @@ def describe(values: pd.Series, prefix: str) -> dict[str, float]:
     }
 
 
-def run_pipeline(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Validate, then run every stage; returns the run's metrics (also in metrics.json)."""
+def run_pipeline(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    model: ModelSpec | None = None,
+    reference: ModelSpec | None = None,
+    baseline: ModelSpec | None = None,
+) -> dict[str, Any]:
+    """Validate, then run every stage; returns the run's metrics (also in metrics.json).
+
+    ``model``, ``reference``, ``baseline``: one round of an iterative run (``sweetspot.rounds``)
+    samples and trains from ``model`` (the last round's policy) instead of the configured model,
+    with ``reference`` as training's reference when set, and evaluates against ``baseline``."""
     started = time.time()
     run_dir = Path(run_dir)
     plan = validate(cfg)
+    if model is not None:
+        plan.model = model
     if cfg.until not in UNTIL:
         raise ConfigError("until", f"must be one of {list(UNTIL)}, got {cfg.until!r}")
     cache = StageCache(os.path.expanduser(str(cfg.paths.cache_dir)))
-    s = RunState(cfg, plan, cache, run_dir)
+    s = RunState(cfg, plan, cache, run_dir, reference=reference, baseline=baseline)
     config = OmegaConf.to_container(cfg, resolve=True)
     plan.logger.start(run_dir, str(cfg.get("name", "run")), config)
     try:

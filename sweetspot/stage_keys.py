@@ -21,10 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweetspot.cache import stage_key
 from sweetspot.config import Plan, validate
+from sweetspot.models import ModelSpec
 from sweetspot.tasks.base import Task
 
 STAGES = (
-    "prompts", "sample", "score", "denoise", "implicit", "select", "train",
+    "prompts", "sample", "score", "denoise", "implicit", "pilot", "model_scores", "select",
+    "train",
     "answers_reference", "answers_trained",
 )
 
@@ -91,17 +93,49 @@ def implicit_config(cfg: DictConfig, plan: Plan) -> dict:
     }
 
 
+def pilot_config(cfg: DictConfig, plan: Plan) -> dict:
+    """The pilot (``selection=pilot``) trains short runs of its candidates from the model with
+    the run's trainer and loss, and scores them with the evaluation's settings and scorer."""
+    return {
+        "pilot": plan.selection.pilot_settings().key,
+        "trainer": node(cfg, "trainer"),
+        "loss": node(cfg, "loss"),
+        "model": plan.model.identity(),
+        "evaluation": node(cfg, "evaluation"),
+        "scorer": eval_scorer_node(cfg),
+    }
+
+
+def model_scores_config(cfg: DictConfig, plan: Plan) -> dict:
+    """The model-scoring sub-stage (``needs_model``, e.g. ``selection=influence``): the
+    strategy's ``model_config()``, the model, the LoRA setup and token limits its gradients go
+    through, and the run's seed (validation split, adapter init). Not ``train_seed`` nor the
+    optimiser: a sweep over training seeds or bands shares one entry."""
+    trainer = node(cfg, "trainer")
+    return {
+        "scoring": plan.selection.model_config(),
+        "model": plan.model.identity(),
+        "trainer": {k: trainer[k] for k in ("lora", "max_length", "max_prompt_length")},
+        "seed": cfg.seed,
+    }
+
+
 def select_config(cfg: DictConfig, plan: Plan) -> dict:
     return {"selection": node(cfg, "selection")}
 
 
-def train_config(cfg: DictConfig, plan: Plan) -> dict:
-    return {
+def train_config(cfg: DictConfig, plan: Plan, reference: ModelSpec | None = None) -> dict:
+    """``reference``: training's reference model when it is not the model trained from
+    (iterative rounds with ``round_reference=initial``); absent from the key otherwise."""
+    config = {
         "loss": node(cfg, "loss"),
         "trainer": node(cfg, "trainer"),
         "model": plan.model.identity(),
         "keep_order": plan.selection.keep_order,
     }
+    if reference is not None:
+        config["reference"] = reference.identity()
+    return config
 
 
 def eval_system_prompt(plan: Plan) -> str | None:
@@ -131,8 +165,8 @@ def answers_config(cfg: DictConfig, plan: Plan, system_prompt: str | None) -> di
 
 
 def stage_keys(cfg: DictConfig, plan: Plan | None = None) -> dict[str, str]:
-    """Every stage's cache key for ``cfg``, as ``run_pipeline`` computes them (``implicit`` only
-    when the selection needs it), without loading a model or touching the cache."""
+    """Every stage's cache key for ``cfg``, as ``run_pipeline`` computes them (``implicit`` and
+    ``pilot`` only when the selection needs them), without loading a model or touching the cache."""
     plan = plan or validate(cfg)
     key = stage_key
     keys = {"prompts": key("prompts", prompts_config(cfg, plan), [])}
@@ -143,6 +177,13 @@ def stage_keys(cfg: DictConfig, plan: Plan | None = None) -> dict[str, str]:
     if plan.selection.needs_implicit:
         keys["implicit"] = key("implicit", implicit_config(cfg, plan), [keys["denoise"]])
         inputs.append(keys["implicit"])
+    if plan.selection.needs_pilot:
+        keys["pilot"] = key("pilot", pilot_config(cfg, plan), [keys["prompts"], keys["denoise"]])
+        inputs.append(keys["pilot"])
+    if plan.selection.needs_model:
+        keys["model_scores"] = key("model_scores", model_scores_config(cfg, plan),
+                                   [keys["denoise"]])
+        inputs.append(keys["model_scores"])
     keys["select"] = key("select", select_config(cfg, plan), inputs)
     keys["train"] = key("train", train_config(cfg, plan), [keys["select"]])
     keys["answers_reference"] = key(

@@ -249,11 +249,13 @@ def train_policy(
     loggers: list,
     keep_order: bool = False,
     resume_dir: Path | None = None,
+    reference: Policy | None = None,
 ) -> dict:
     """Train on ``pairs_df`` and write ``out_dir/checkpoint`` (save_pretrained). Returns metrics.
 
     Lightning checkpoints go to ``resume_dir`` (the stage's partial folder), so a killed run
-    resumes from the last one, exactly where it stopped."""
+    resumes from the last one, exactly where it stopped. ``reference``: the frozen reference
+    when it is not ``policy`` itself (iterative DPO trains pi_t from pi_(t-1) against pi_0)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tok = policy.tokenizer
     pairs, trunc = tokenize_pairs(pairs_df, tok, cfg.max_length, cfg.max_prompt_length)
@@ -262,7 +264,10 @@ def train_policy(
     model = build_model(policy, cfg)
     layout = resolve_layout(cfg, model, pairs)
     started = time.perf_counter()
-    ref, ref_reused = cached_reference_logps(cache, policy, pairs, cfg, model, layout)
+    if reference is None:
+        ref, ref_reused = cached_reference_logps(cache, policy, pairs, cfg, model, layout)
+    else:
+        ref, ref_reused = cached_reference_logps(cache, reference, pairs, cfg, None, layout)
     ref_seconds = time.perf_counter() - started
     model = prepare_for_training(model, cfg)
 
