@@ -25,8 +25,7 @@ from sweetspot.models import ModelSpec
 from sweetspot.tasks.base import Task
 
 STAGES = (
-    "prompts", "sample", "score", "denoise", "implicit", "pilot", "model_scores", "select",
-    "train",
+    "prompts", "sample", "score", "denoise", "implicit", "pilot", "select", "train",
     "answers_reference", "answers_trained",
 )
 
@@ -106,20 +105,6 @@ def pilot_config(cfg: DictConfig, plan: Plan) -> dict:
     }
 
 
-def model_scores_config(cfg: DictConfig, plan: Plan) -> dict:
-    """The model-scoring sub-stage (``needs_model``, e.g. ``selection=influence``): the
-    strategy's ``model_config()``, the model, the LoRA setup and token limits its gradients go
-    through, and the run's seed (validation split, adapter init). Not ``train_seed`` nor the
-    optimiser: a sweep over training seeds or bands shares one entry."""
-    trainer = node(cfg, "trainer")
-    return {
-        "scoring": plan.selection.model_config(),
-        "model": plan.model.identity(),
-        "trainer": {k: trainer[k] for k in ("lora", "max_length", "max_prompt_length")},
-        "seed": cfg.seed,
-    }
-
-
 def select_config(cfg: DictConfig, plan: Plan) -> dict:
     return {"selection": node(cfg, "selection")}
 
@@ -166,7 +151,8 @@ def answers_config(cfg: DictConfig, plan: Plan, system_prompt: str | None) -> di
 
 def stage_keys(cfg: DictConfig, plan: Plan | None = None) -> dict[str, str]:
     """Every stage's cache key for ``cfg``, as ``run_pipeline`` computes them (``implicit`` and
-    ``pilot`` only when the selection needs them), without loading a model or touching the cache."""
+    ``pilot`` only when the selection needs them), without loading a model or touching the
+    cache."""
     plan = plan or validate(cfg)
     key = stage_key
     keys = {"prompts": key("prompts", prompts_config(cfg, plan), [])}
@@ -180,10 +166,6 @@ def stage_keys(cfg: DictConfig, plan: Plan | None = None) -> dict[str, str]:
     if plan.selection.needs_pilot:
         keys["pilot"] = key("pilot", pilot_config(cfg, plan), [keys["prompts"], keys["denoise"]])
         inputs.append(keys["pilot"])
-    if plan.selection.needs_model:
-        keys["model_scores"] = key("model_scores", model_scores_config(cfg, plan),
-                                   [keys["denoise"]])
-        inputs.append(keys["model_scores"])
     keys["select"] = key("select", select_config(cfg, plan), inputs)
     keys["train"] = key("train", train_config(cfg, plan), [keys["select"]])
     keys["answers_reference"] = key(
