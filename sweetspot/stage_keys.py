@@ -25,7 +25,8 @@ from sweetspot.models import ModelSpec
 from sweetspot.tasks.base import Task
 
 STAGES = (
-    "prompts", "sample", "score", "denoise", "implicit", "pilot", "select", "train",
+    "prompts", "sample", "score", "denoise", "implicit", "pilot", "model_scores", "select",
+    "train",
     "answers_reference", "answers_trained",
 )
 
@@ -105,6 +106,20 @@ def pilot_config(cfg: DictConfig, plan: Plan) -> dict:
     }
 
 
+def model_scores_config(cfg: DictConfig, plan: Plan) -> dict:
+    """The model-scoring sub-stage (``needs_model``, e.g. ``selection=influence``): the
+    strategy's ``model_config()``, the model, the LoRA setup and token limits its gradients go
+    through, and the run's seed (validation split, adapter init). Not ``train_seed`` nor the
+    optimiser: a sweep over training seeds or bands shares one entry."""
+    trainer = node(cfg, "trainer")
+    return {
+        "scoring": plan.selection.model_config(),
+        "model": plan.model.identity(),
+        "trainer": {k: trainer[k] for k in ("lora", "max_length", "max_prompt_length")},
+        "seed": cfg.seed,
+    }
+
+
 def select_config(cfg: DictConfig, plan: Plan) -> dict:
     return {"selection": node(cfg, "selection")}
 
@@ -166,6 +181,10 @@ def stage_keys(cfg: DictConfig, plan: Plan | None = None) -> dict[str, str]:
     if plan.selection.needs_pilot:
         keys["pilot"] = key("pilot", pilot_config(cfg, plan), [keys["prompts"], keys["denoise"]])
         inputs.append(keys["pilot"])
+    if plan.selection.needs_model:
+        keys["model_scores"] = key("model_scores", model_scores_config(cfg, plan),
+                                   [keys["denoise"]])
+        inputs.append(keys["model_scores"])
     keys["select"] = key("select", select_config(cfg, plan), inputs)
     keys["train"] = key("train", train_config(cfg, plan), [keys["select"]])
     keys["answers_reference"] = key(

@@ -5,6 +5,10 @@ the strategy, never inspects it):
 
 - ``needs_implicit``: it reads the ``implicit_logratio`` column, so the implicit sub-stage runs
   first, with the settings of ``implicit_settings()`` (its own cache entry);
+- ``needs_model``: it scores candidate pairs with the run's model (gradients, short trainings),
+  so the pipeline runs ``score_with_model`` first as its own sub-stage (cache entry keyed by
+  ``model_config()``, the model, the LoRA setup and the seed) and selects with the strategy
+  ``with_model_scores`` returns;
 - ``keep_order``: its pairs' ``order`` is a curriculum the training loader must not shuffle;
 - ``eval_system_prompt()``: the system prompt the trained policy generates under at evaluation
   (reward-augmented training conditions it on a target score), or None;
@@ -12,7 +16,7 @@ the strategy, never inspects it):
   held-out reward), so the pilot stage runs first with ``pilot_settings()`` (its own cache entry)
   and the full run selects with ``after_pilot(pick)``, the candidate the pilot picked.
 
-The defaults (False, False, None, False) fit a plain strategy, so a new strategy is still one
+The defaults (False, False, False, None, False) fit a plain strategy, so a new strategy is still one
 class and one YAML file (``conf/selection/<option>.yaml`` whose ``_target_`` names the class).
 """
 
@@ -77,6 +81,17 @@ class PilotSettings:
     key: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the pipeline hands a strategy that ``needs_model``: the run's policy (a
+    ``models.Policy``: model folder and tokenizer), the trainer config (its LoRA setup and token
+    limits, so scores go through the parameters training will move) and the run's seed."""
+
+    policy: Any
+    trainer: Any
+    seed: int
+
+
 @dataclass(kw_only=True)
 class SelectionStrategy(ABC):
     @abstractmethod
@@ -93,6 +108,25 @@ class SelectionStrategy(ABC):
     def implicit_settings(self) -> ImplicitSettings:
         """The implicit sub-stage's settings; only asked when ``needs_implicit``."""
         raise NotImplementedError(f"{type(self).__name__} does not use implicit margins")
+
+    @property
+    def needs_model(self) -> bool:
+        """True when ``select`` needs scores the run's model computes (``score_with_model``)."""
+        return False
+
+    def model_config(self) -> dict:
+        """The strategy's part of the model-scoring sub-stage's cache key: every field its
+        scores depend on (not those that only choose among them)."""
+        raise NotImplementedError(f"{type(self).__name__} does not score with the model")
+
+    def score_with_model(self, responses: pd.DataFrame, inputs: ModelInputs
+                         ) -> tuple[pd.DataFrame, dict[str, float]]:
+        """The sub-stage: a table of scored candidates (cached) and its counts."""
+        raise NotImplementedError(f"{type(self).__name__} does not score with the model")
+
+    def with_model_scores(self, scores: pd.DataFrame) -> SelectionStrategy:
+        """A copy of the strategy whose ``select`` reads ``scores`` (the sub-stage's table)."""
+        raise NotImplementedError(f"{type(self).__name__} does not score with the model")
 
     @property
     def keep_order(self) -> bool:
