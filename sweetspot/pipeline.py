@@ -114,11 +114,12 @@ def stage_sample(s: RunState, prompts: pd.DataFrame) -> pd.DataFrame:
     return read_table(entry.file("responses.parquet"))
 
 
-def score_responses(scorer: Scorer, table: pd.DataFrame) -> dict[str, float]:
+def score_responses(scorer: Scorer, table: pd.DataFrame,
+                    partial_dir: Path | None = None) -> dict[str, float]:
     """Add the scorer's columns in place; skipped rows (no response) keep NaN scores. Returns
-    the scorer's statistics of the call."""
+    the scorer's statistics of the call. ``partial_dir``: resumable shards (``Scorer.run``)."""
     live = table["response"].notna()
-    result = scorer.run(table[live])
+    result = scorer.run(table[live], partial_dir)
     for col in result.scores.columns:
         table.loc[live, col] = result.scores[col]
     return result.stats
@@ -130,7 +131,7 @@ def stage_score(s: RunState, prompts: pd.DataFrame, responses: pd.DataFrame) -> 
     def compute(ctx: Any) -> dict:
         extra = [c for c in prompts.columns if c not in responses.columns or c == "prompt_id"]
         table = responses.merge(prompts[extra], on="prompt_id", how="left")
-        stats = score_responses(scorer, table)
+        stats = score_responses(scorer, table, ctx.partial_dir)
         table["reward"] = table[scorer.column].astype(float)
         bad = int((~np.isfinite(table["reward"].to_numpy())).sum())
         write_table(table, ctx.out_dir / "scored.parquet")

@@ -129,15 +129,18 @@ class RewardModelScorer(Scorer):
     tokenizer has no chat template: ``chatml`` or a Jinja chat template string; null makes a
     missing template an error. ``dtype``: float32 or bfloat16 (bfloat16 is meant for GPUs).
     ``trust_remote_code`` is passed to ``from_pretrained`` only when true (ArmoRM-style custom
-    heads need it).
+    heads need it). ``shard_prompts``: prompts per resumable shard when the score stage runs it
+    (``Scorer.run``; a killed run resumes at the first missing shard).
 
     Columns: ``score/<name>`` and ``<name>/num_tokens`` (after truncation). Empty responses are
     scored like any other and counted in ``last_stats["empty_responses"]``; a non-finite model
     output becomes NaN and is counted in ``last_stats["nonfinite_scores"]``.
     """
 
-    # Batching, device and batch order change speed and memory, not a row's score.
-    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "device", "bucket_by_length")
+    # Batching, device, batch order and shard size change speed and memory, not a row's score.
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = (
+        "batch_size", "device", "bucket_by_length", "shard_prompts")
+    STAT_WEIGHTS: ClassVar[dict[str, str]] = {"padding_fraction": "tokens"}
 
     name: str = "reward_model"
     name_or_path: str
@@ -149,12 +152,14 @@ class RewardModelScorer(Scorer):
     trust_remote_code: bool = False
     bucket_by_length: bool = True
     template_fallback: str | None = None
+    shard_prompts: int = 64
 
     def __post_init__(self) -> None:
         require(bool(self.name), "name", "must be a non-empty string")
         require(bool(self.name_or_path), "name_or_path",
                 "must name a reward model folder or hub id")
         at_least("batch_size", self.batch_size, 1)
+        at_least("shard_prompts", self.shard_prompts, 1)
         at_least("max_length", self.max_length, 2)
         one_of("dtype", self.dtype, SCORER_DTYPES)
         check_device("device", self.device)
@@ -178,69 +183,98 @@ class RewardModelScorer(Scorer):
         return {"trust_remote_code": True} if self.trust_remote_code else {}
 
     def load(self) -> tuple[Any, Any]:
-        """The model and tokenizer (loaded once)."""
+        """The model and tokenizer (loaded once): the checkpoint is checked to be a
+        sequence-classification reward model before its weights are read."""
         if self._model is not None:
             return self._model, self._tokenizer
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
         path = local_or_hub(self.name_or_path, "reward model name_or_path")
         local = Path(path).exists()
         if local and not (Path(path) / "config.json").is_file():
             raise SweetspotError(f"reward model {path}: not a transformers checkpoint (no "
                                  "config.json); expected a folder saved by save_pretrained")
-        guard = hub_offline() if local else contextlib.nullcontext()
-        with guard:
-            try:
-                config = AutoConfig.from_pretrained(path, **self._extra())
-            except (OSError, ValueError) as err:
-                raise SweetspotError(f"reward model {path}: cannot load its config "
-                                     f"({_first_line(err)})") from err
-            architectures = list(getattr(config, "architectures", None) or [])
-            auto_map = getattr(config, "auto_map", None) or {}
-            if architectures and "AutoModelForSequenceClassification" not in auto_map and not any(
-                a.endswith("ForSequenceClassification") for a in architectures
-            ):
-                raise SweetspotError(
-                    f"reward model {path} has no sequence-classification head: its "
-                    f"architecture is {architectures}; expected a reward model saved with "
-                    "AutoModelForSequenceClassification (e.g. LlamaForSequenceClassification, "
-                    "num_labels=1), not a causal LM")
-            if architectures and not auto_map:  # a saved transformers head: num_labels wide
-                self.check_outputs(int(getattr(config, "num_labels", 1)), path)
-            try:
-                tok = AutoTokenizer.from_pretrained(path, **self._extra())
-            except (OSError, ValueError, KeyError) as err:
-                raise SweetspotError(f"reward model {path}: cannot load its tokenizer "
-                                     f"({_first_line(err)})") from err
-            if tok.chat_template:
-                template = None
-            elif self.template_fallback is not None:
-                template = (CHATML_TEMPLATE if self.template_fallback == "chatml"
-                            else self.template_fallback)
-            else:
-                raise SweetspotError(
-                    f"the tokenizer of reward model {path} has no chat template; set scorer."
-                    "template_fallback (chatml or a Jinja template) to format conversations "
-                    "for it")
-            device = resolve_device(self.device)
+        device = resolve_device(self.device)
+        with hub_offline() if local else contextlib.nullcontext():
+            self._check_config(path)
+            tok, template = self._load_tokenizer(path)
             warn_cpu_bf16(self.dtype, device, f"reward model {path}")
-            try:
-                model, info = AutoModelForSequenceClassification.from_pretrained(
-                    path, dtype=DTYPES[self.dtype], output_loading_info=True,
-                    use_safetensors=True, **self._extra())
-            except (OSError, ValueError, KeyError) as err:
-                raise SweetspotError(f"reward model {path}: cannot load it as "
-                                     f"AutoModelForSequenceClassification "
-                                     f"({_first_line(err)})") from err
+            model = self._load_model(path)
+        pad_id = self._padding(model, tok, path)
+        if hasattr(model.config, "use_cache"):
+            model.config.use_cache = False
+        self._model, self._tokenizer = model.to(device).eval(), tok
+        self._template, self._pad_id, self._device = template, pad_id, device
+        return self._model, self._tokenizer
+
+    def _check_config(self, path: str) -> None:
+        """The config names a sequence-classification head whose width fits ``label_index``
+        (a causal LM or a base model is refused before its weights are read)."""
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(path, **self._extra())
+        except (OSError, ValueError) as err:
+            raise SweetspotError(f"reward model {path}: cannot load its config "
+                                 f"({_first_line(err)})") from err
+        architectures = list(getattr(config, "architectures", None) or [])
+        auto_map = getattr(config, "auto_map", None) or {}
+        if architectures and "AutoModelForSequenceClassification" not in auto_map and not any(
+            a.endswith("ForSequenceClassification") for a in architectures
+        ):
+            raise SweetspotError(
+                f"reward model {path} has no sequence-classification head: its "
+                f"architecture is {architectures}; expected a reward model saved with "
+                "AutoModelForSequenceClassification (e.g. LlamaForSequenceClassification, "
+                "num_labels=1), not a causal LM")
+        if architectures and not auto_map:  # a saved transformers head: num_labels wide
+            self.check_outputs(int(getattr(config, "num_labels", 1)), path)
+
+    def _load_tokenizer(self, path: str) -> tuple[Any, str | None]:
+        """The tokenizer, and the chat template to format with (None: the tokenizer's own;
+        ``template_fallback`` only when it has none)."""
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(path, **self._extra())
+        except (OSError, ValueError, KeyError) as err:
+            raise SweetspotError(f"reward model {path}: cannot load its tokenizer "
+                                 f"({_first_line(err)})") from err
+        if tok.chat_template:
+            return tok, None
+        if self.template_fallback is not None:
+            return tok, (CHATML_TEMPLATE if self.template_fallback == "chatml"
+                         else self.template_fallback)
+        raise SweetspotError(
+            f"the tokenizer of reward model {path} has no chat template; set scorer."
+            "template_fallback (chatml or a Jinja template) to format conversations for it")
+
+    def _load_model(self, path: str) -> Any:
+        """The weights, refusing a checkpoint whose classification head is missing (transformers
+        would initialise it at random and score noise)."""
+        from transformers import AutoModelForSequenceClassification
+
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=DTYPES[self.dtype], output_loading_info=True,
+                use_safetensors=True, **self._extra())
+        except (OSError, ValueError, KeyError) as err:
+            raise SweetspotError(f"reward model {path}: cannot load it as "
+                                 f"AutoModelForSequenceClassification "
+                                 f"({_first_line(err)})") from err
         missing = sorted(info.get("missing_keys") or [])
         if missing:
             raise SweetspotError(
                 f"reward model {path}: the checkpoint lacks weights of the classification head "
                 f"({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}); expected a "
                 "trained reward model (sequence classification), not a base or causal LM")
-        # The model reads its score at the rightmost token that is not padding, so the pad id
-        # must be one no conversation ends with. A model without one gets the tokenizer's pad
-        # token if that is not EOS; otherwise rows are scored one at a time (no padding at all).
+        return model
+
+    def _padding(self, model: Any, tok: Any, path: str) -> int:
+        """The pad id batches are padded with (sets ``_batch_size`` to 1 when there is none).
+
+        The model reads its score at the rightmost token that is not padding, so the pad id
+        must be one no conversation ends with. A model without one gets the tokenizer's pad
+        token if that is not EOS; otherwise rows are scored one at a time (no padding at all).
+        """
         text_config = (model.config.get_text_config()
                        if hasattr(model.config, "get_text_config") else model.config)
         pad_id = text_config.pad_token_id
@@ -253,11 +287,7 @@ class RewardModelScorer(Scorer):
                 log.warning("reward model %s defines no padding token: scoring one row at a "
                             "time", path)
                 pad_id, self._batch_size = 0, 1
-        if hasattr(model.config, "use_cache"):
-            model.config.use_cache = False
-        self._model, self._tokenizer = model.to(device).eval(), tok
-        self._template, self._pad_id, self._device = template, int(pad_id), device
-        return self._model, self._tokenizer
+        return int(pad_id)
 
     def check_outputs(self, width: int, path: str) -> None:
         """The head's output count fits ``label_index`` (checked from the config before loading
@@ -270,6 +300,10 @@ class RewardModelScorer(Scorer):
                                  f"{self.label_index} is out of range")
 
     # -- scoring ---------------------------------------------------------------------------
+
+    def shard_size(self) -> int:
+        """Resumable shards of ``shard_prompts`` prompts (``Scorer.run``)."""
+        return self.shard_prompts
 
     def format(self, responses: pd.DataFrame) -> list[str]:
         """Each row as one conversation in the reward model's chat template."""
@@ -338,6 +372,7 @@ class RewardModelScorer(Scorer):
             "truncated": int(truncated),
             "nonfinite_scores": int(nonfinite.sum()),
             "batches": len(batches),
+            "tokens": int(total),
             "padding_fraction": float(padded / total) if total else 0.0,
         }
         if truncated:
