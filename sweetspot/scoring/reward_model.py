@@ -141,6 +141,7 @@ class RewardModelScorer(Scorer):
     EXECUTION_ONLY: ClassVar[tuple[str, ...]] = (
         "batch_size", "device", "bucket_by_length", "shard_prompts")
     STAT_WEIGHTS: ClassVar[dict[str, str]] = {"padding_fraction": "tokens"}
+    DTYPE_CHOICES: ClassVar[tuple[str, ...]] = SCORER_DTYPES
 
     name: str = "reward_model"
     name_or_path: str
@@ -161,7 +162,7 @@ class RewardModelScorer(Scorer):
         at_least("batch_size", self.batch_size, 1)
         at_least("shard_prompts", self.shard_prompts, 1)
         at_least("max_length", self.max_length, 2)
-        one_of("dtype", self.dtype, SCORER_DTYPES)
+        one_of("dtype", self.dtype, self.DTYPE_CHOICES)
         check_device("device", self.device)
         if self.label_index is not None:
             at_least("label_index", self.label_index, 0)
