@@ -35,8 +35,9 @@ never trained on. The evaluation's held-out prompts never reach selection at all
 Selection keeps the candidates whose rank in ``score`` falls in ``band``: ``medium`` (the
 middle ``band_width``), ``top``, ``bottom``, or ``random`` (a seeded random ``band_width`` of the
 candidates, whatever their scores); ``band_low``/``band_high`` set the band's quantiles
-directly. A band of width w keeps round(w * candidates) pairs whatever its position, so arms of
-equal width train on equally many pairs.
+directly. A band of width w keeps round(w * candidates) pairs whatever its position (the ranks
+left out are split below and above it in the ratio band_low : 1 - band_high), so arms of equal
+width train on equally many pairs.
 """
 
 from __future__ import annotations
@@ -78,7 +79,16 @@ def percentile_rank(values: np.ndarray) -> np.ndarray:
 
 
 def band_count(width: float, n: int) -> int:
-    return min(n, max(0, round(width * n)))
+    return min(n, max(0, math.floor(width * n + 0.5)))
+
+
+def band_start(lo: float, hi: float, n: int, count: int) -> int:
+    """The first rank kept: the n - count ranks left out are split below and above the band in
+    the ratio lo : (1 - hi) (top: all below; medium: half each, the odd one below)."""
+    room = 1.0 - (hi - lo)
+    if room <= 0:
+        return 0
+    return min(n - count, math.floor((n - count) * lo / room + 0.5))
 
 
 @dataclass(kw_only=True)
@@ -228,7 +238,7 @@ class Influence(SelectionStrategy):
             ranked, start = np.argsort(tiebreak, kind="stable"), 0
         else:
             ranked = np.lexsort((tiebreak, pairs[self.score].to_numpy()))
-            start = min(round(lo * n), n - count)
+            start = band_start(lo, hi, n, count)
         keep = np.sort(ranked[start:start + count])
         out = pairs.iloc[keep].reset_index(drop=True)
         out["order"] = np.arange(len(out))
