@@ -59,7 +59,7 @@ def summary(metrics: dict, run_dir: Path) -> str:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     configure_console(bool(cfg.get("verbose", False)))  # before the pipeline imports anything
-    from sweetspot.pipeline import run_pipeline
+    from sweetspot.rounds import run_rounds  # rounds=1 (default): the plain pipeline
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -68,7 +68,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         with open_dict(cfg):  # one W&B group per sweep
             cfg.logger.wandb.group = Path(hc.sweep.dir).name
     try:
-        metrics = run_pipeline(cfg, run_dir)
+        metrics = run_rounds(cfg, run_dir)
     except SweetspotError as e:
         write_text(f"{e}\n", run_dir / "error.txt")
         print(f"sweetspot: {e}", file=sys.stderr)  # once, on stderr (and in error.txt)

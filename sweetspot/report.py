@@ -245,6 +245,104 @@ def plot_reward_distribution(
     return path
 
 
+def _with_bounds(row: dict, column: str, signed: bool = False) -> str:
+    """``estimate [low, high]`` from a table row's ``column``, ``column_low``, ``column_high``."""
+    value = row.get(column)
+    if value is None or _missing(float(value)):
+        return ""
+    bounds = [row.get(f"{column}_low"), row.get(f"{column}_high")]
+    interval = "n/a" if any(b is None for b in bounds) else _ci(bounds, signed)
+    return f"{_num(float(value), signed)} {interval}"
+
+
+def pilot_section(run_dir: Path) -> str:
+    """The pilot's table (``pilot.csv``, written by ``selection=pilot``): each candidate pair's
+    short run against the untrained policy and against the pick, with CIs. Empty without one."""
+    path = run_dir / "pilot.csv"
+    if not path.is_file():
+        return ""
+    table = pd.read_csv(path)
+    rows = []
+    for r in table.to_dict("records"):
+        rows.append({
+            "pair": f"**{r['pair']}** (picked)" if bool(r.get("picked")) else r["pair"],
+            "pairs": int(r["pairs"]),
+            "steps": "" if r.get("steps") is None or _missing(float(r["steps"]))
+            else int(r["steps"]),
+            "reward - untrained (95% CI)": _with_bounds(r, "reward_delta", True),
+            "win rate (95% CI)": _with_bounds(r, "win_rate"),
+            "vs pick (95% CI)": _with_bounds(r, "vs_pick", True),
+        })
+    columns = ["pair", "pairs", "steps", "reward - untrained (95% CI)", "win rate (95% CI)",
+               "vs pick (95% CI)"]
+    return ("## Pilot: which positions suit this model\n\n"
+            "A short LoRA run per candidate (chosen/rejected) pair on a subset of the train "
+            "prompts, each scored on train prompts kept back from it (not the held-out prompts "
+            "below); intervals: paired bootstrap over those prompts. The full run trained on the "
+            "picked pair. Table: `pilot.csv`.\n\n" + markdown_table(rows, columns))
+
+
+def plot_rounds(table: pd.DataFrame, path: Path) -> Path | None:
+    """Held-out mean reward by round, round 0 being the initial policy; error bars: the 95% CI
+    of each round's difference to the initial policy (paired bootstrap), drawn around its
+    reward."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = table[table["reward"].notna()]
+    if table.empty:
+        return None
+    start = float(table["reward_initial"].iloc[0])
+    x = [0, *table["round"].astype(int)]
+    y = [start, *table["reward"].astype(float)]
+    low = [0.0, *(table["reward_delta"] - table["reward_delta_low"]).fillna(0.0)]
+    high = [0.0, *(table["reward_delta_high"] - table["reward_delta"]).fillna(0.0)]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.errorbar(x, y, yerr=[low, high], marker="o", capsize=4)
+    ax.axhline(start, color="grey", lw=0.8, ls="--", label="initial policy")
+    ax.set_xticks(x)
+    ax.set_xlabel("round (0: initial policy)")
+    ax.set_ylabel("mean held-out reward")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def rounds_section(run_dir: Path) -> tuple[str, Path | None]:
+    """The by-round table and plot of an iterative run (``rounds.csv``, ``sweetspot.rounds``);
+    empty without one."""
+    path = run_dir / "rounds.csv"
+    if not path.is_file():
+        return "", None
+    table = pd.read_csv(path)
+    plot = plot_rounds(table, run_dir / "rounds.png")
+    rows = []
+    for r in table.to_dict("records"):
+        rows.append({
+            "round": int(r["round"]),
+            "held-out reward": r.get("reward"),
+            "- initial (95% CI)": _with_bounds(r, "reward_delta", True),
+            "win rate vs initial (95% CI)": _with_bounds(r, "win_rate"),
+            "KL to initial": r.get("kl_estimate"),
+            "reward of the round's samples": r.get("sample_reward"),
+            "pairs": r.get("pairs"),
+        })
+    columns = list(rows[0]) if rows else []
+    text = ("## Rounds\n\nEach round sampled from the last round's policy and trained from it; "
+            "every round is evaluated on the same held-out prompts against the initial policy "
+            "(intervals: paired bootstrap over prompts). The reward of a round's samples is that "
+            "of its own train-prompt samples, i.e. of the policy it started from. "
+            "Table: `rounds.csv`; each round's run folder: `round<r>/`.\n\n"
+            + markdown_table(rows, columns))
+    if plot:
+        text += "\n![held-out reward by round](rounds.png)\n"
+    return text, plot
+
+
 def write_run_report(run_dir: str | Path) -> dict[str, Path]:
     """``report.md`` and ``reward_distribution.png`` in a finished run folder.
 
@@ -268,6 +366,10 @@ def write_run_report(run_dir: str | Path) -> dict[str, Path]:
     if overrides.is_file():
         parts.append("Overrides: `" + " ".join(yaml.safe_load(overrides.read_text()) or []) + "`\n")
     parts.append(headline(metrics))
+    rounds, rounds_plot = rounds_section(run_dir)  # iterative runs (rounds.csv)
+    if rounds_plot:
+        images["rounds"] = rounds_plot
+    parts += [x for x in (rounds, pilot_section(run_dir)) if x]  # selection=pilot (pilot.csv)
     examples = example_pairs(pairs)
     if examples:
         parts.append(examples)
