@@ -15,7 +15,8 @@ generation settings, and score them with the evaluation's scorer. Each candidate
 difference to the untrained policy's answers carries a paired-bootstrap 95% CI over the
 validation prompts (``evaluation.evaluate.compare``), and so does its difference to the pick.
 Each candidate's answers are kept in the stage's partial folder, so a killed pilot resumes at the
-next candidate; the short runs' checkpoints are deleted once they have answered.
+next candidate; the short runs' checkpoints are deleted once they have answered. The entry holds
+``pilot.parquet`` (the table) and ``answers.parquet`` (every scored answer, for an audit).
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def stage_pilot(s: RunState, prompts: pd.DataFrame, denoised: pd.DataFrame) -> S
     table = selection_input(denoised)
 
     def compute(ctx: Any) -> dict:
-        result, counts = run_pilot(s, settings, prompts, table, ctx.partial_dir)
+        result, answered, counts = run_pilot(s, settings, prompts, table, ctx.partial_dir)
         write_table(result, ctx.out_dir / "pilot.parquet")
+        write_table(answered, ctx.out_dir / "answers.parquet")
         pick = str(result.loc[result["picked"], "pair"].iloc[0])
         return {"counts": counts, "pick": pick}
 
@@ -114,9 +116,10 @@ def run_pilot(
     prompts: pd.DataFrame,
     table: pd.DataFrame,
     work: Path,
-) -> tuple[pd.DataFrame, dict[str, float]]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
     """Every candidate's short run, scored against the untrained policy; returns the table
-    (``TABLE_COLUMNS``, one row per candidate, in the candidates' order) and the stage counts."""
+    (``TABLE_COLUMNS``, one row per candidate, in the candidates' order), every scored answer
+    (``policy``: the candidate's pair, or ``untrained``) and the stage counts."""
     from sweetspot.evaluation.evaluate import compare
     from sweetspot.pipeline import attach_texts, score_responses
 
@@ -195,7 +198,11 @@ def run_pilot(
         "train_prompts": len(train_ids),
         "validation_prompts": len(val_ids),
     }
-    return result, counts
+    answered = pd.concat([reference.assign(policy="untrained"),
+                          *(a.assign(policy=label) for label, a in trained.items())],
+                         ignore_index=True)
+    keep = ["policy", "prompt_id", "sample_id", "response", "num_tokens", scorer.column]
+    return result, answered[[c for c in keep if c in answered]], counts
 
 
 def train_short(
