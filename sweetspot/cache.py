@@ -7,6 +7,11 @@ folder, and carries ``meta.json`` (config, inputs, per-file sha256) which is che
 a torn or corrupted entry is moved aside and recomputed, never read. Stages that write shards
 keep them in ``<key>.partial/`` so a killed run resumes at the first missing shard. A file lock
 per key makes jobs of one sweep that share the folder compute each entry once.
+
+In a job of several ranks (``distributed.py``) rank 0 alone takes the lock, looks up, commits
+and moves damaged entries aside; a stage computed by every rank (``every_rank``: the sharded
+stages, training) runs its compute function on each rank with the shared partial folder, and
+the other ranks' ``out_dir`` is a scratch folder that is thrown away.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from sweetspot.distributed import SOLO, Ranks
+from sweetspot.errors import SweetspotError
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +74,25 @@ class Entry:
 @dataclass
 class StageContext:
     """What a stage's compute function may write: ``out_dir`` (the entry's files) and
-    ``partial_dir`` (shards that survive a kill)."""
+    ``partial_dir`` (shards that survive a kill); ``ranks``: the job's ranks, for a stage
+    computed by every rank (``get_or_compute(every_rank=True)``)."""
 
     out_dir: Path
     partial_dir: Path
+    ranks: Ranks = SOLO
 
 
 def worker_rank() -> int:
-    """The process's rank inside a distributed job launched by Lightning (0 elsewhere)."""
+    """The process's rank inside a distributed job launched by Lightning (0 elsewhere). Used only
+    in a one-rank run (``ranks.many`` false): there a nonzero rank is a process that Lightning's
+    DDP launcher started at ``fit``."""
     return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
 
 
 class StageCache:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, ranks: Ranks = SOLO):
         self.root = Path(root)
+        self.ranks = ranks
 
     def key(self, stage: str, config: Any, inputs: list[str]) -> str:
         return stage_key(stage, config, inputs)
@@ -125,19 +138,39 @@ class StageCache:
         config: Any,
         inputs: list[str],
         compute: Callable[[StageContext], dict | None],
+        every_rank: bool = False,
     ) -> Entry:
         """Return the entry for (stage, config, inputs), computing it under a lock if absent.
 
         ``compute`` writes its files into ``ctx.out_dir`` and may return extra metadata
-        (counts, timings) that is stored in ``meta.json``.
+        (counts, timings) that is stored in ``meta.json``. With several ranks, ``every_rank``
+        runs ``compute`` on every rank (it splits its shards with ``ctx.ranks``); otherwise rank
+        0 computes alone and the others wait for the committed entry.
         """
         key = self.key(stage, config, inputs)
-        stage_dir = self.root / stage
-        stage_dir.mkdir(parents=True, exist_ok=True)
+        (self.root / stage).mkdir(parents=True, exist_ok=True)
+        if self.ranks.many:
+            return self._with_ranks(stage, config, inputs, key, compute, every_rank)
         if worker_rank() != 0:
             return self._compute_as_worker(stage, key, compute)
+        return self._locked(stage, config, inputs, key, compute)
+
+    def _locked(
+        self,
+        stage: str,
+        config: Any,
+        inputs: list[str],
+        key: str,
+        compute: Callable[[StageContext], dict | None],
+        announce: Callable[[bool], None] = lambda found: None,
+    ) -> Entry:
+        """Look up under the key's lock, else compute into a temporary folder and rename it
+        into place. ``announce(found)`` runs right after the lookup (rank 0 tells the others
+        whether to compute with it)."""
+        stage_dir = self.root / stage
         with FileLock(str(stage_dir / f"{key}.lock")):
             found = self.lookup(stage, key)
+            announce(found is not None)
             if found is not None:
                 log.info("stage %s: reusing cached %s", stage, found.path)
                 return found
@@ -146,7 +179,9 @@ class StageCache:
             partial = stage_dir / f"{key}.partial"
             started = time.time()
             try:
-                extra = compute(StageContext(out_dir=tmp, partial_dir=partial)) or {}
+                extra = compute(
+                    StageContext(out_dir=tmp, partial_dir=partial, ranks=self.ranks)
+                ) or {}
                 files = {
                     str(p.relative_to(tmp)): file_sha256(p)
                     for p in sorted(tmp.rglob("*"))
@@ -170,6 +205,58 @@ class StageCache:
             shutil.rmtree(partial, ignore_errors=True)
             log.info("stage %s: computed %s in %.1fs", stage, key, meta["seconds"])
             return Entry(stage, key, self.entry_dir(stage, key), meta, reused=False)
+
+    def _with_ranks(
+        self,
+        stage: str,
+        config: Any,
+        inputs: list[str],
+        key: str,
+        compute: Callable[[StageContext], dict | None],
+        every_rank: bool,
+    ) -> Entry:
+        """One stage in a job of several ranks. Rank 0 broadcasts ``("found" | "compute" |
+        "failed", detail)`` after its lookup (``every_rank`` only) and ``("done" | "failed",
+        detail)`` at the end. A failure inside an ``every_rank`` compute is not broadcast (the
+        other ranks may be inside a collective of their own): the failing rank exits, and the
+        launcher (torchrun; srun with --kill-on-bad-exit) stops the others."""
+        ranks = self.ranks
+        if ranks.main:
+            announced = False
+
+            def announce(found: bool) -> None:
+                nonlocal announced
+                if every_rank:
+                    ranks.broadcast(("found" if found else "compute", None))
+                announced = True
+
+            try:
+                entry = self._locked(stage, config, inputs, key, compute, announce)
+            except BaseException as e:
+                if not (every_rank and announced):
+                    ranks.broadcast(("failed", f"{type(e).__name__}: {e}"))
+                raise
+            ranks.broadcast(("done", None))
+            return entry
+        if every_rank:
+            status, detail = ranks.broadcast(None)
+            if status == "failed":
+                raise SweetspotError(f"stage {stage}: rank 0 failed: {detail}")
+            if status == "compute":
+                scratch = self.root / stage / f"{key}.rank{ranks.rank}-{uuid.uuid4().hex[:8]}"
+                scratch.mkdir()
+                try:
+                    compute(StageContext(out_dir=scratch,
+                                         partial_dir=self.root / stage / f"{key}.partial",
+                                         ranks=ranks))
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
+        status, detail = ranks.broadcast(None)
+        if status == "failed":
+            raise SweetspotError(f"stage {stage}: rank 0 failed: {detail}")
+        # rank 0 verified the entry it committed or found; read its meta without hashing again
+        path = self.entry_dir(stage, key)
+        return Entry(stage, key, path, json.loads((path / META).read_text()), reused=True)
 
     def _compute_as_worker(self, stage: str, key: str,
                            compute: Callable[[StageContext], dict | None]) -> Entry:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from sweetspot import distributed
 from sweetspot import stage_keys as keys
 from sweetspot.cache import Entry, StageCache, worker_rank
 from sweetspot.config import Plan, validate
@@ -91,7 +92,14 @@ def stage_sample(s: RunState, prompts: pd.DataFrame) -> pd.DataFrame:
 
     def compute(ctx: Any) -> dict:
         policy = s.policy(s.plan.model) if sampler.needs_model else None
+        shares: dict[str, int] = {}
+        if ctx.ranks.many:  # each rank samples its shards; rank 0 then assembles them
+            resumed, shares = sampler.sample_share(train, policy, ctx.partial_dir, ctx.ranks)
+            if not ctx.ranks.main:
+                return {}
         table, stats = sampler.run(train, policy, ctx.partial_dir)
+        if ctx.ranks.many:
+            stats = {**stats, "shards_resumed": resumed, **shares}
         write_table(table, ctx.out_dir / "responses.parquet")
         skipped = table["skip_reason"].value_counts().to_dict() if "skip_reason" in table else {}
         return {
@@ -109,6 +117,7 @@ def stage_sample(s: RunState, prompts: pd.DataFrame) -> pd.DataFrame:
             keys.sample_config(s.cfg, s.plan),
             [s.entries["prompts"].key],
             compute,
+            every_rank=True,
         )
     )
     return read_table(entry.file("responses.parquet"))
@@ -216,6 +225,8 @@ def stage_implicit(s: RunState, denoised: pd.DataFrame) -> pd.DataFrame:
             [],
             resume_dir=ctx.partial_dir,
         )
+        if not ctx.ranks.main:  # every rank trains (DDP); rank 0 scores
+            return {}
         scorer = ImplicitScorer(
             policy_path=str(ctx.out_dir / "checkpoint"),
             reference_path=policy.path,
@@ -231,7 +242,7 @@ def stage_implicit(s: RunState, denoised: pd.DataFrame) -> pd.DataFrame:
 
     entry = s.record(
         s.cache.get_or_compute("implicit", keys.implicit_config(s.cfg, s.plan),
-                               [s.entries["denoise"].key], compute)
+                               [s.entries["denoise"].key], compute, every_rank=True)
     )
     logratio = read_table(entry.file("implicit.parquet"))
     return denoised.merge(logratio, on=["prompt_id", "sample_id"], how="left")
@@ -347,7 +358,8 @@ def stage_train(s: RunState, pairs: pd.DataFrame) -> Path:
         return {"metrics": metrics}
 
     config = keys.train_config(s.cfg, s.plan, s.reference)
-    entry = s.record(s.cache.get_or_compute("train", config, [s.entries["select"].key], compute))
+    entry = s.record(s.cache.get_or_compute("train", config, [s.entries["select"].key], compute,
+                                            every_rank=True))  # Lightning DDP/FSDP: all ranks
     s.metrics.update(entry.meta.get("metrics", {}))
     return entry.file("checkpoint")
 
@@ -367,15 +379,19 @@ def stage_answers(
 
     def compute(ctx: Any) -> dict:
         held = evaluator.prompts(prompts)
-        table = evaluator.answer(held, policy, system_prompt, label=name.replace("_", " "))
+        table, shares = evaluator.answer_shards(held, policy, system_prompt,
+                                                name.replace("_", " "), ctx.partial_dir,
+                                                ctx.ranks)
+        if table is None:  # a rank other than 0: its shards are written
+            return {}
         score_responses(scorer, table)
         if kl_reference is not None:
             table["kl_logratio"] = evaluator.kl_logratio(table, policy, kl_reference)
         write_table(table, ctx.out_dir / "answers.parquet")
-        return {"counts": {"prompts": int(held.shape[0])}}
+        return {"counts": {"prompts": int(held.shape[0]), **shares}}
 
     config = keys.answers_config(s.cfg, s.plan, system_prompt)
-    entry = s.record(s.cache.get_or_compute(name, config, inputs, compute))
+    entry = s.record(s.cache.get_or_compute(name, config, inputs, compute, every_rank=True))
     return read_table(entry.file("answers.parquet"))
 
 
@@ -413,6 +429,8 @@ def stage_evaluate(s: RunState, prompts: pd.DataFrame, checkpoint: Path) -> dict
         system,
         kl_reference=reference,
     )
+    if not s.cache.ranks.main:  # the other ranks' part of evaluation ends with the answers
+        return {}
     scorer = s.plan.eval_scorer
     metrics = compare(new_answers, ref_answers, scorer.column, f"{scorer.name}/detail")
     write_table(
@@ -457,29 +475,38 @@ def run_pipeline(
         plan.model = model
     if cfg.until not in UNTIL:
         raise ConfigError("until", f"must be one of {list(UNTIL)}, got {cfg.until!r}")
-    cache = StageCache(os.path.expanduser(str(cfg.paths.cache_dir)))
+    ranks = distributed.setup()  # several ranks under torchrun or srun, else one
+    if ranks.many:
+        check_ranks(cfg, plan, ranks)
+    cache = StageCache(os.path.expanduser(str(cfg.paths.cache_dir)), ranks)
     s = RunState(cfg, plan, cache, run_dir, reference=reference, baseline=baseline)
     config = OmegaConf.to_container(cfg, resolve=True)
-    plan.logger.start(run_dir, str(cfg.get("name", "run")), config)
+    if ranks.main:  # the run folder, its loggers and its report are rank 0's
+        plan.logger.start(run_dir, str(cfg.get("name", "run")), config)
     try:
         prompts = s.prompts = stage_prompts(s)
         responses = stage_sample(s, prompts)
         scored = stage_score(s, prompts, responses)
         denoised = stage_denoise(s, plan.sampler.used(scored))
-        write_table(denoised, run_dir / "responses.parquet")
+        if ranks.main:
+            write_table(denoised, run_dir / "responses.parquet")
         s.metrics.update(describe(denoised["reward"], "reward"))
         pairs = stage_select(s, prompts, denoised)
-        write_table(pairs, run_dir / "pairs.parquet")
-        write_jsonl(pairs_for_trl(pairs), run_dir / "pairs.jsonl")
+        if ranks.main:
+            write_table(pairs, run_dir / "pairs.parquet")
+            write_jsonl(pairs_for_trl(pairs), run_dir / "pairs.jsonl")
+            plan.logger.log_pairs(pairs)
         s.metrics.update(describe(pairs["margin"], "pairs/margin"))
-        plan.logger.log_pairs(pairs)
         if cfg.until in ("train", "evaluate"):
             checkpoint = stage_train(s, pairs)
-            if worker_rank() != 0:  # a DDP worker's part ends with training
+            if not ranks.many and worker_rank() != 0:  # a worker Lightning started at fit
                 return s.metrics
-            link(run_dir / "checkpoint", checkpoint)
+            if ranks.main:
+                link(run_dir / "checkpoint", checkpoint)
         if cfg.until == "evaluate":
             s.metrics.update(stage_evaluate(s, prompts, checkpoint))
+        if not ranks.main:  # the other ranks' part ends with the last sharded stage
+            return s.metrics
         s.metrics["run/seconds"] = round(time.time() - started, 1)
         write_json({k: s.metrics[k] for k in sorted(s.metrics)}, run_dir / "metrics.json")
         write_json(
@@ -495,8 +522,28 @@ def run_pipeline(
         plan.logger.log_summary(s.metrics)
         plan.logger.log_images(images)
     finally:
-        plan.logger.finish()
+        if ranks.main:
+            plan.logger.finish()
     return s.metrics
+
+
+def check_ranks(cfg: DictConfig, plan: Plan, ranks: distributed.Ranks) -> None:
+    """Before any work: a run of several ranks trains on all of them (Lightning DDP/FSDP), so
+    the trainer's devices x num_nodes must be the world size (Lightning would say so only at
+    ``fit``, after sampling and scoring)."""
+    if cfg.until not in ("train", "evaluate"):
+        return
+    trainer = plan.trainer
+    devices = ranks.local_world if trainer.devices == -1 else trainer.devices
+    if devices * trainer.num_nodes != ranks.world:
+        nodes = max(1, ranks.world // max(1, ranks.local_world))
+        raise ConfigError(
+            "trainer.devices",
+            f"this job has {ranks.world} ranks ({ranks.local_world} on this node) and every "
+            f"rank trains, but trainer.devices x trainer.num_nodes = {trainer.devices} x "
+            f"{trainer.num_nodes}: set trainer=ddp (or fsdp) trainer.devices="
+            f"{ranks.local_world} trainer.num_nodes={nodes}, or until=select",
+        )
 
 
 def link(path: Path, target: Path) -> None:

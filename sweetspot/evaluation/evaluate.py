@@ -12,6 +12,11 @@ decoding it is a proxy: greedy outputs are not samples).
 The pipeline's evaluate stage calls ``Evaluator.prompts`` (which held-out prompts),
 ``Evaluator.answer`` (one policy's answers, under the strategy's ``eval_system_prompt()`` for the
 trained policy), ``Evaluator.kl_logratio`` (for the trained policy only) and ``compare``.
+
+Answers are generated in shards of ``shard_size`` prompts, each written to the stage's partial
+folder: a killed evaluation resumes at the first missing shard, and in a job of several ranks
+(``sweetspot.distributed``) the ranks split the shards. The shard plan depends on
+``shard_size`` only, so a one-process run and a many-rank run answer in the same batches.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,7 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from sweetspot import stats
-from sweetspot.data import as_messages
+from sweetspot.data import as_messages, read_table, write_table
+from sweetspot.distributed import SOLO, Ranks
+from sweetspot.sampling.base import RESPONSE_COLUMNS
 from sweetspot.sampling.hf import GenerationSettings
 from sweetspot.training.data import prompt_messages
 from sweetspot.training.logprobs import completion_logps
@@ -38,8 +46,9 @@ GENERATION_SYSTEM = "generation_system_prompt"
 
 @dataclass(kw_only=True)
 class Evaluator:
-    # Batch sizes of generation and of the KL log-probs: speed only (as the sampler's batch_size).
-    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "kl_batch_size")
+    # Batch sizes of generation and of the KL log-probs, and the answers' shard size: speed and
+    # resumability only (as the sampler's batch_size and shard_size).
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "kl_batch_size", "shard_size")
 
     max_prompts: int | None = None
     n: int = 1
@@ -49,12 +58,14 @@ class Evaluator:
     batch_size: int = 8
     seed: int = 0
     kl_batch_size: int = 8
+    shard_size: int = 32  # prompts per answers shard (the unit of resuming and of rank sharing)
     scorer: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         at_least("n", self.n, 1)
         non_negative("temperature", self.temperature)
         at_least("max_new_tokens", self.max_new_tokens, 1)
+        at_least("shard_size", self.shard_size, 1)
         if self.max_prompts is not None:
             at_least("max_prompts", self.max_prompts, 1)
 
@@ -83,16 +94,63 @@ class Evaluator:
         (reward-augmented policies, Zhang et al. 2025): the table keeps the plain conversation
         in ``prompt``, so a scorer judges the answer to the user's request, not to the target
         score, and records the condition in ``generation_system_prompt``. ``label`` names the
-        progress bar."""
+        progress bar. Rows come in the order of ``prompts``, then ``sample_id``."""
+        table, _ = self.answer_shards(prompts, policy, system_prompt, label)
+        assert table is not None  # one process: rank 0
+        return table
+
+    def answer_shards(
+        self,
+        prompts: pd.DataFrame,
+        policy: Any,
+        system_prompt: str | None = None,
+        label: str = "answer",
+        partial_dir: Path | None = None,
+        ranks: Ranks = SOLO,
+    ) -> tuple[pd.DataFrame | None, dict[str, int]]:
+        """``answer`` in shards of ``shard_size`` prompts, each kept in ``partial_dir`` (a rerun
+        reuses them), the missing ones split between the job's ``ranks``. Returns the table
+        (None on ranks other than 0, once every shard is written) and each rank's share
+        (``shards/rank<k>``, several ranks only). Without ``partial_dir``: one shard, in memory.
+        """
         condition = prompts.assign(system_prompt=system_prompt)
         condition["prompt"] = [prompt_messages(r) for r in condition.to_dict("records")]
         settings = self.settings()
-        with tqdm(total=len(condition), desc=label, unit="prompt") as bar:
+        size = self.shard_size if partial_dir is not None else max(1, len(condition))
+        bounds = [(a, min(a + size, len(condition))) for a in range(0, len(condition), size)]
+
+        def path(i: int) -> Path | None:
+            return None if partial_dir is None else partial_dir / f"answers-{i:05d}.parquet"
+
+        if partial_dir is not None:
+            partial_dir.mkdir(parents=True, exist_ok=True)
+        missing = [i for i in range(len(bounds)) if path(i) is None or not path(i).is_file()]
+        mine = ranks.split(missing if ranks.main else [])
+        made: dict[int, pd.DataFrame] = {}
+        with tqdm(total=sum(bounds[i][1] - bounds[i][0] for i in mine), desc=label,
+                  unit="prompt") as bar:
             settings.progress = bar.update  # advanced per generated batch
-            table = settings.generate(condition, policy)
+            for i in mine:
+                a, b = bounds[i]
+                made[i] = settings.generate(condition.iloc[a:b], policy)
+                if partial_dir is not None:
+                    write_table(made[i], path(i))
+        shares = ranks.shares(len(mine))  # every rank's shards are on disk after this
+        if not ranks.main:
+            return None, shares
+        parts = [made[i] if i in made else read_table(path(i)) for i in range(len(bounds))]
+        table = (pd.concat(parts, ignore_index=True) if parts
+                 else pd.DataFrame(columns=list(RESPONSE_COLUMNS)))
+        order = {pid: k for k, pid in enumerate(prompts["prompt_id"])}
+        table = (
+            table.assign(_order=table["prompt_id"].map(order))
+            .sort_values(["_order", "sample_id"], kind="stable")
+            .drop(columns="_order")
+            .reset_index(drop=True)
+        )
         table = table.merge(prompts, on="prompt_id", how="left")
         table[GENERATION_SYSTEM] = system_prompt
-        return table
+        return table, shares
 
     def kl_logratio(self, answers: pd.DataFrame, policy: Any, reference: Any) -> np.ndarray:
         """Per answer of ``policy``, log pi(y|x) - log pi_ref(y|x) in the context it was

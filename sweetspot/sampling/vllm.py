@@ -5,7 +5,10 @@ child process (multiprocessing ``spawn``) that loads the model once, samples eve
 writes each shard atomically, and exits; the parent never imports vllm or loads the HF model (it
 uses ``policy.path`` only). With ``data_parallel_size = k`` there are k children, each seeing
 ``tensor_parallel_size`` GPUs of its own (``CUDA_VISIBLE_DEVICES``) and taking every k-th shard,
-which works on every vLLM version (no Ray, no DP launcher).
+which works on every vLLM version (no Ray, no DP launcher). In a job of several ranks
+(``sweetspot.distributed``) each rank samples its own shards with its own engines, on block
+``local_rank`` of the node's GPUs (``distributed.rank_gpus``), or on the GPUs the launcher gave
+it (srun ``--gpus-per-task``).
 
 Seeding: prompt ``p`` gets ``SamplingParams(seed=prompt_seed(seed, p))`` (a per-request
 generator in vLLM), so its samples do not depend on which prompts share its batch or shard.
@@ -36,6 +39,7 @@ from typing import Any
 import pandas as pd
 
 from sweetspot.data import as_messages, read_table, write_table
+from sweetspot.distributed import current, rank_gpus
 from sweetspot.errors import MissingExtraError, SweetspotError
 from sweetspot.sampling.base import RESPONSE_COLUMNS, Sampler
 from sweetspot.sampling.hf import _skipped_rows, prompt_seed
@@ -111,38 +115,26 @@ class VLLMSampler(Sampler):
             self._spawn([[(str(path), prompts)]], policy)
             return read_table(path)
 
-    def run(
-        self, prompts: pd.DataFrame, policy: Any, partial_dir: Path
-    ) -> tuple[pd.DataFrame, dict]:
-        """Like ``Sampler.run``, but one engine (per data-parallel rank) samples every missing
-        shard, so the model is loaded once, not once per shard."""
-        partial_dir = Path(partial_dir)
-        partial_dir.mkdir(parents=True, exist_ok=True)
-        shards, missing = [], []
-        for index, start in enumerate(range(0, len(prompts), self.shard_size)):
-            path = partial_dir / f"shard-{index:05d}.parquet"
-            shards.append(path)
-            if not path.is_file():
-                missing.append((str(path), prompts.iloc[start : start + self.shard_size]))
-        resumed = len(shards) - len(missing)
-        if resumed:
-            log.info("sample: resumed %d finished shards", resumed)
-        if missing:
-            ranks = min(self.data_parallel_size, len(missing))
-            self._spawn([missing[r::ranks] for r in range(ranks)], policy)
-        tables = [read_table(p) for p in shards]
-        table = (
-            pd.concat(tables, ignore_index=True)
-            if tables
-            else pd.DataFrame(columns=list(RESPONSE_COLUMNS))
-        )
-        return table, {"shards_resumed": resumed}
+    def write_shards(
+        self, prompts: pd.DataFrame, policy: Any, partial_dir: Path, indices: list[int]
+    ) -> None:
+        """One engine (per data-parallel child) samples every shard of ``indices``, so the model
+        is loaded once, not once per shard."""
+        bounds = self.shard_bounds(prompts)
+        work = [(str(self.shard_path(partial_dir, i)), prompts.iloc[slice(*bounds[i])])
+                for i in indices]
+        if work:
+            children = min(self.data_parallel_size, len(work))
+            self._spawn([work[r::children] for r in range(children)], policy)
 
     def _spawn(self, work: list[list[tuple[str, pd.DataFrame]]], policy: Any) -> None:
         """One child per entry of ``work``, each on its own GPUs; waits for all of them."""
         if importlib.util.find_spec("vllm") is None:
             raise MissingExtraError("vllm", "vllm")
-        groups = gpu_groups(visible_gpus(), self.tensor_parallel_size, len(work))
+        ranks = current()  # in a job of several ranks, each rank's engines get its own GPUs
+        gpus = rank_gpus(visible_gpus(), ranks.local_rank, ranks.local_world,
+                         self.tensor_parallel_size * self.data_parallel_size)
+        groups = gpu_groups(gpus, self.tensor_parallel_size, len(work))
         engine = self.engine_kwargs(policy)
         settings = {
             "n": self.n,

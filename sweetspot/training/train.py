@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sweetspot.cache import StageCache
 from sweetspot.data import read_table, write_table
+from sweetspot.distributed import current, lightning_plugins
 from sweetspot.models import Policy, load_causal_lm
 from sweetspot.training.config import TrainerConfig
 from sweetspot.training.data import (
@@ -302,6 +303,7 @@ def train_policy(
         enable_progress_bar=sys.stdout.isatty(),  # a live bar on a terminal, not in logs
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the sampler shards global batches itself
+        plugins=lightning_plugins(current()),  # torchrun's or srun's ranks (distributed.py)
     )
     sampler = EpochBatchSampler(
         lengths,
