@@ -1,9 +1,24 @@
-"""Where the configs live, and validation of a composed config before any heavy work.
+"""Where the configs live, their schema, and validation of a composed config before any heavy
+work.
 
-Every stage node carries ``_target_``: a dataclass whose fields are the node. Validation merges
-the node into ``OmegaConf.structured(cls)`` (types, unknown keys) and then instantiates it
-(ranges, in ``__post_init__``). Strategy constructors are cheap by contract: models and data are
-loaded only when a stage runs, so a bad value fails in seconds, not after the model loaded.
+Defaults live in one place: the stage's dataclass. Each option file of a config group
+(``conf/<group>/<option>.yaml``) starts from its class's schema, registered in Hydra's
+ConfigStore by :func:`register_schemas` under the class's dotted path::
+
+    defaults:
+      - /schema@_here_: sweetspot.sampling.hf.HFSampler   # every field, its type and default
+      - _self_
+    seed: ${seed}                                           # only what this option changes
+
+The schema node is the dataclass plus ``_target_`` (the class), so Hydra types every field at
+composition (``sampler.n=eight`` fails there, naming the key) and the option file holds only what
+it changes (``tests/test_config_schema.py`` checks that no file restates a default). A new
+strategy is still one class and one YAML file: the schema is found from the file's defaults line.
+
+Validation merges each stage node into ``OmegaConf.structured(cls)`` (types, unknown keys) and
+then instantiates it (ranges, in ``__post_init__``). Strategy constructors are cheap by contract:
+models and data are loaded only when a stage runs, so a bad value fails in seconds, not after the
+model loaded.
 """
 
 from __future__ import annotations
@@ -14,8 +29,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import yaml
+from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from sweetspot.errors import ConfigError
@@ -35,12 +52,72 @@ STAGE_GROUPS = (
 
 
 def config_dir() -> Path:
-    """``conf/`` ships in the wheel as ``sweetspot/conf``; an editable install uses the repo's."""
+    """``conf/`` ships in the wheel as ``sweetspot/conf``; an editable install uses the repo's.
+    Its schemas are registered on the first call (every caller composes from this folder:
+    the CLI, the tests); not at import, as the stage modules import this one."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "conf", here.parent / "conf"):
         if (candidate / "config.yaml").is_file():
+            if candidate not in _REGISTERED:
+                register_schemas(candidate)
+                _REGISTERED.add(candidate)
             return candidate
     raise FileNotFoundError(f"sweetspot's conf/ folder was not found next to {here}")
+
+
+_REGISTERED: set[Path] = set()
+
+
+SCHEMA_GROUP = "schema"
+
+
+@dataclass(kw_only=True)
+class PathsConfig:
+    """``paths``: where the stage cache lives (a shared filesystem lets a sweep's jobs share
+    what they computed). Not a stage: no ``_target_``."""
+
+    cache_dir: str = "${oc.env:SWEETSPOT_CACHE,'~/.cache/sweetspot'}"
+
+
+def schema_node(cls: type) -> DictConfig:
+    """``cls`` as a config schema: its fields, types and defaults, plus ``_target_`` naming it
+    (stage classes; :class:`PathsConfig` has none). The node stays typed as ``cls`` itself (an
+    importable class: a composed config pickles for the launchers' worker processes)."""
+    node = OmegaConf.structured(cls)
+    if cls is not PathsConfig:
+        with open_dict(node):
+            node["_target_"] = f"{cls.__module__}.{cls.__qualname__}"
+    return node
+
+
+def schema_targets(root: Path) -> dict[str, Path]:
+    """The classes the option files of ``root`` name in a ``/schema@...: <class>`` defaults
+    entry, each with the first file naming it (read as plain YAML: nothing is composed)."""
+    targets: dict[str, Path] = {}
+    for path in sorted(root.glob("*/**/*.yaml")):
+        if path.relative_to(root).parts[0] == "hydra":
+            continue
+        data = yaml.safe_load(path.read_text()) or {}
+        for entry in data.get("defaults", []) if isinstance(data, dict) else []:
+            if isinstance(entry, dict):
+                for key, value in entry.items():
+                    if str(key).lstrip("/").startswith(f"{SCHEMA_GROUP}@"):
+                        targets.setdefault(str(value), path)
+    return targets
+
+
+def register_schemas(root: Path) -> list[str]:
+    """Register the schema of every class an option file of ``root`` names (idempotent;
+    importing the classes imports torch). :func:`config_dir` calls it once per process."""
+    store = ConfigStore.instance()
+    targets = schema_targets(root)
+    for target, path in targets.items():
+        try:
+            cls = get_class(target)
+        except Exception as e:  # hydra wraps import errors in several types
+            raise ConfigError(f"{path}: defaults", f"cannot import {target!r}: {e}") from None
+        store.store(group=SCHEMA_GROUP, name=target, node=schema_node(cls))
+    return sorted(targets)
 
 
 @dataclass

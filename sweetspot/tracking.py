@@ -41,14 +41,17 @@ class Tracker:
         one_of("wandb.mode", self.wandb.mode, ("offline", "online", "disabled"))
         at_least("wandb.pairs_sample", self.wandb.pairs_sample, 0)
         require(len(set(self.backends)) == len(self.backends), "backends", "has duplicates")
-        self._loggers: list[Any] = []
+        # The Lightning loggers, kept by role: the CSV logger takes the summary rows, the W&B
+        # run the summary, the pairs table and the plots.
+        self._csv: Any = None
+        self._wandb: Any = None
 
     def start(self, run_dir: Path, run_name: str, config: dict) -> list[Any]:
         """Create the Lightning loggers for this run (once)."""
         from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
         if "csv" in self.backends:
-            self._loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+            self._csv = CSVLogger(save_dir=str(run_dir), name="csv", version="")
         if "wandb" in self.backends and self.wandb.mode != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb
@@ -65,18 +68,16 @@ class Tracker:
                 mode=self.wandb.mode,
                 config=config,
             )
-            self._loggers.append(WandbLogger(experiment=run, save_dir=str(run_dir)))
-        return self._loggers
+            self._wandb = WandbLogger(experiment=run, save_dir=str(run_dir))
+        return self.loggers
 
     @property
     def loggers(self) -> list[Any]:
-        return self._loggers
+        """The Lightning loggers the trainer gets (CSV first, as before)."""
+        return [logger for logger in (self._csv, self._wandb) if logger is not None]
 
     def _wandb_run(self) -> Any:
-        for logger in self._loggers:
-            if type(logger).__name__ == "WandbLogger":
-                return logger.experiment
-        return None
+        return self._wandb.experiment if self._wandb is not None else None
 
     def log_summary(self, metrics: dict[str, Any]) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}
@@ -86,10 +87,9 @@ class Tracker:
                 isinstance(x, (int, float)) for x in v
             ):
                 scalars[f"{k}_low"], scalars[f"{k}_high"] = float(v[0]), float(v[1])
-        for logger in self._loggers:
-            if type(logger).__name__ == "CSVLogger":
-                logger.log_metrics({k: float(v) for k, v in scalars.items()})
-                logger.save()
+        if self._csv is not None:
+            self._csv.log_metrics({k: float(v) for k, v in scalars.items()})
+            self._csv.save()
         run = self._wandb_run()
         if run is not None:
             run.summary.update(scalars)
@@ -127,9 +127,8 @@ class Tracker:
         run.log({name: wandb.Image(str(path)) for name, path in images.items() if path.is_file()})
 
     def finish(self) -> None:
-        for logger in self._loggers:
-            if type(logger).__name__ == "WandbLogger":
-                import wandb
+        if self._wandb is not None:
+            import wandb
 
-                logger.finalize("success")
-                wandb.finish()
+            self._wandb.finalize("success")
+            wandb.finish()

@@ -78,7 +78,6 @@ CONFIG_CASES = [
     ("selection.top_fraction=1.5", "selection.top_fraction"),
     ("trainer.batch_size=0", "trainer.batch_size"),
     ("trainer.max_length=10", "trainer.max_length"),
-    ("sampler.n=eight", "sampler.n"),
     ("+sampler.nn=3", "sampler.nn"),
     ("model=hf", "model.name_or_path"),
 ]

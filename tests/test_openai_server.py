@@ -153,7 +153,7 @@ def _sampler(url: str, **overrides) -> OpenAISampler:
         n=2,
         seed=11,
         temperature=0.8,
-        max_tokens=12,
+        max_new_tokens=12,
         n_per_request=False,
         logprobs=True,
         concurrency=2,
@@ -190,6 +190,6 @@ def test_a_server_that_ignores_n_is_named(server):
 
 
 def test_without_logprobs_tokens_come_from_usage(server):
-    table = _sampler(server, logprobs=False, max_tokens=6).sample(PROMPTS.iloc[:1])
+    table = _sampler(server, logprobs=False, max_new_tokens=6).sample(PROMPTS.iloc[:1])
     assert table["logp"].isna().all()
     assert table["num_tokens"].between(1, 6).all()

@@ -325,7 +325,7 @@ PROMPTS = pd.DataFrame(
 
 
 def test_vllm_build_request():
-    cfg = VLLMSampler(n=4, seed=3, temperature=0.7, top_p=0.9, max_tokens=32)
+    cfg = VLLMSampler(n=4, seed=3, temperature=0.7, top_p=0.9, max_new_tokens=32)
     messages, params = build_request(cfg, PROMPTS)
     assert messages == [
         [{"role": "user", "content": "Hi"}],
@@ -341,7 +341,8 @@ def test_vllm_build_request():
     }
     assert params[1]["seed"] == prompt_seed(3, "p2") != params[0]["seed"]
     # the dict the child process receives gives the same request
-    as_dict = {k: getattr(cfg, k) for k in ("n", "seed", "temperature", "top_p", "max_tokens")}
+    as_dict = {k: getattr(cfg, k)
+               for k in ("n", "seed", "temperature", "top_p", "max_new_tokens")}
     assert build_request(as_dict, PROMPTS) == (messages, params)
 
 
@@ -470,7 +471,7 @@ def test_vllm_samples_smollm2_on_gpu(tmp_path):
         }
     )
     sampler = VLLMSampler(
-        n=4, seed=0, max_tokens=24, shard_size=2, gpu_memory_utilization=0.3, enforce_eager=True
+        n=4, seed=0, max_new_tokens=24, shard_size=2, gpu_memory_utilization=0.3, enforce_eager=True
     )
     table, stats = sampler.run(prompts, policy, tmp_path / "a")
     assert len(table) == 20 and stats["shards_resumed"] == 0

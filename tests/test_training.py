@@ -34,7 +34,6 @@ from sweetspot.training.data import (
     tokenize_pairs,
 )
 from sweetspot.training.losses import DPOLoss
-from sweetspot.training.module import lr_factor
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_worker import synthetic_pairs  # noqa: E402
@@ -194,14 +193,6 @@ def test_sampler_resume_skips_what_was_consumed() -> None:
     s3 = EpochBatchSampler(list(range(20)), 3, False, seed=4, world=lambda: (0, 1))
     s3.set_epoch(3)
     assert s.epoch == 3 and collect(s) == collect(s3)
-
-
-def test_lr_schedule_warmup_then_cosine() -> None:
-    total, warmup = 10, 2
-    values = [lr_factor(s, total, warmup, "cosine") for s in range(total)]
-    assert values[:2] == [1 / 3, 2 / 3] and values[2] == 1.0
-    assert values[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
-    assert all(a >= b for a, b in zip(values[2:], values[3:], strict=False))
 
 
 # --- reference cache -------------------------------------------------------------------------

@@ -54,12 +54,14 @@ class Evaluator:
     n: int = 1
     greedy: bool = True
     temperature: float = 0.8
-    max_new_tokens: int = 128
-    batch_size: int = 8
+    max_new_tokens: int = 96  # as the sampler's: the answers compared are sampled alike
+    batch_size: int = 32  # prompts per forward
     seed: int = 0
-    kl_batch_size: int = 8
+    kl_batch_size: int = 32  # prompts per forward of the KL log-probs
     shard_size: int = 32  # prompts per answers shard (the unit of resuming and of rank sharing)
-    scorer: dict[str, Any] | None = None
+    # A scorer node (with _target_) for evaluation; null: the run's scorer. Typed Any: a node
+    # given on the command line replaces the null (a typed dict node cannot take one).
+    scorer: Any = None
 
     def __post_init__(self) -> None:
         at_least("n", self.n, 1)

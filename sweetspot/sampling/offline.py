@@ -110,6 +110,7 @@ class OfflineSampler(Sampler):
     rejected_field: str = "rejected"
     score_chosen_field: str = "score_chosen"
     score_rejected_field: str = "score_rejected"
+    shard_size: int = 1024  # reading is cheap: large shards
     needs_model: bool = False
 
     def __post_init__(self) -> None:

@@ -63,7 +63,7 @@ class OpenAISampler(Sampler):
     model: str = "default"
     temperature: float = 0.8
     top_p: float = 1.0
-    max_tokens: int = 128
+    max_new_tokens: int = 128  # sent as the API's max_tokens
     n_per_request: bool = True
     logprobs: bool = False
     concurrency: int = 8
@@ -86,7 +86,7 @@ class OpenAISampler(Sampler):
         require(bool(self.model), "model", "must name the model the server serves")
         non_negative("temperature", self.temperature)
         require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        at_least("max_tokens", self.max_tokens, 1)
+        at_least("max_new_tokens", self.max_new_tokens, 1)
         at_least("concurrency", self.concurrency, 1)
         at_least("max_retries", self.max_retries, 0)
         non_negative("backoff_s", self.backoff_s)
@@ -99,6 +99,13 @@ class OpenAISampler(Sampler):
                 "api_key_env",
                 "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key",
             )
+
+    def cache_config(self) -> dict:
+        """The key keeps the field's spelling before it was renamed ``max_new_tokens`` (it was
+        ``max_tokens``), so samples cached before the rename stay valid."""
+        config = super().cache_config()
+        config["max_tokens"] = config.pop("max_new_tokens")
+        return config
 
     def execution_only(self) -> tuple[str, ...]:
         return (
@@ -130,7 +137,7 @@ class OpenAISampler(Sampler):
                 "n": per,
                 "temperature": self.temperature,
                 "top_p": self.top_p,
-                "max_tokens": self.max_tokens,
+                "max_tokens": self.max_new_tokens,
                 "seed": (base + i) % SEED_MODULUS,
             }
             if self.logprobs:  # the sampled tokens' logprobs only (llama.cpp needs both)

@@ -15,7 +15,7 @@ generator in vLLM), so its samples do not depend on which prompts share its batc
 ``logprobs=0`` makes vLLM return the sampled tokens' log-probabilities, whose sum
 (``cumulative_logprob``) is ``logp`` (raw model log-probs, as in the HF sampler).
 
-Prompts longer than ``max_model_len - max_tokens`` (measured with the engine's tokenizer and the
+Prompts longer than ``max_model_len - max_new_tokens`` (measured with the engine's tokenizer and the
 chat template) are skipped (``skip_reason = "prompt_too_long"``) or left-truncated, as
 ``overlong`` says, instead of failing the whole batch.
 
@@ -54,7 +54,7 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 class VLLMSampler(Sampler):
     temperature: float = 0.8
     top_p: float = 1.0
-    max_tokens: int = 128
+    max_new_tokens: int = 128  # SamplingParams' max_tokens
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
     gpu_memory_utilization: float = 0.85
@@ -69,7 +69,7 @@ class VLLMSampler(Sampler):
         super().__post_init__()
         non_negative("temperature", self.temperature)
         require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        at_least("max_tokens", self.max_tokens, 1)
+        at_least("max_new_tokens", self.max_new_tokens, 1)
         at_least("tensor_parallel_size", self.tensor_parallel_size, 1)
         at_least("data_parallel_size", self.data_parallel_size, 1)
         require(
@@ -80,7 +80,14 @@ class VLLMSampler(Sampler):
         one_of("dtype", self.dtype, DTYPES)
         one_of("overlong", self.overlong, ("skip", "truncate"))
         if self.max_model_len is not None:
-            at_least("max_model_len", self.max_model_len, self.max_tokens + 1)
+            at_least("max_model_len", self.max_model_len, self.max_new_tokens + 1)
+
+    def cache_config(self) -> dict:
+        """The key keeps the field's spelling before it was renamed ``max_new_tokens`` (it was
+        ``max_tokens``), so samples cached before the rename stay valid."""
+        config = super().cache_config()
+        config["max_tokens"] = config.pop("max_new_tokens")
+        return config
 
     def execution_only(self) -> tuple[str, ...]:
         return (
@@ -141,7 +148,7 @@ class VLLMSampler(Sampler):
             "seed": self.seed,
             "temperature": self.temperature,
             "top_p": self.top_p,
-            "max_tokens": self.max_tokens,
+            "max_new_tokens": self.max_new_tokens,
             "overlong": self.overlong,
         }
         ctx = mp.get_context("spawn")
@@ -172,7 +179,8 @@ class VLLMSampler(Sampler):
 def build_request(cfg: Any, prompts: pd.DataFrame) -> tuple[list[list[dict]], list[dict]]:
     """``LLM.chat`` inputs of one shard: the conversations, and one ``SamplingParams`` kwargs
     dict per conversation (its own seed). ``cfg`` needs n, seed, temperature, top_p,
-    max_tokens (a :class:`VLLMSampler` or the dict the child receives)."""
+    max_new_tokens (a :class:`VLLMSampler` or the dict the child receives); vLLM calls it
+    ``max_tokens``."""
     get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
     messages, params = [], []
     for rec in prompts.itertuples(index=False):
@@ -182,7 +190,7 @@ def build_request(cfg: Any, prompts: pd.DataFrame) -> tuple[list[list[dict]], li
                 "n": int(get("n")),
                 "temperature": float(get("temperature")),
                 "top_p": float(get("top_p")),
-                "max_tokens": int(get("max_tokens")),
+                "max_tokens": int(get("max_new_tokens")),
                 "seed": prompt_seed(int(get("seed")), str(rec.prompt_id)),
                 "logprobs": 0,
             }
@@ -265,7 +273,7 @@ def _child(
 
         llm = LLM(**engine)
         tok = llm.get_tokenizer()
-        limit = _max_model_len(llm, engine) - settings["max_tokens"]
+        limit = _max_model_len(llm, engine) - settings["max_new_tokens"]
         for path, prompts in shards:
             messages, params = build_request(settings, prompts)
             ids = [str(p) for p in prompts["prompt_id"]]

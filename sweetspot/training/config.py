@@ -1,15 +1,24 @@
 """The ``trainer=`` node: hardware, optimisation and adaptation of one training run.
 
-Presets (``conf/trainer/``): ``cpu``, ``gpu`` (one GPU, bf16-mixed), ``ddp``, ``fsdp`` and
-``deepspeed``; any field can be overridden (``trainer=ddp trainer.accelerator=cpu
-trainer.devices=2 trainer.precision=32-true`` runs DDP over gloo on a CPU machine).
+The defaults here are what ``make run`` trains with (``conf/trainer/cpu.yaml`` adds nothing), so
+``TrainerConfig()`` in a test trains as the command line does. Presets (``conf/trainer/``):
+``cpu``, ``gpu`` (one GPU, bf16-mixed), ``ddp``, ``fsdp`` and ``deepspeed``; any field can be
+overridden (``trainer=ddp trainer.accelerator=cpu trainer.devices=2 trainer.precision=32-true``
+runs DDP over gloo on a CPU machine).
+
+The optimizer, the learning-rate schedule and extra Lightning callbacks are config nodes that
+Hydra instantiates (``sweetspot.training.optim``): ``optimizer`` and ``lr_scheduler`` are
+``_partial_`` nodes completed with the parameters and ``lr`` (the optimizer) and with the
+optimizer and step counts (the schedule, transformers' ``get_*_schedule_with_warmup``
+signature), e.g. ``trainer.optimizer._target_=torch.optim.SGD`` or
+``trainer.lr_scheduler.decay=linear``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sweetspot.validation import at_least, non_negative, one_of, positive, require
 
@@ -44,17 +53,35 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # auto, ddp, ddp_spawn, fsdp, deepspeed_stage_2, ...
     precision: str = "32-true"
-    epochs: int = 1
+    epochs: int = 2
     max_steps: int = -1
     batch_size: int = 4  # pairs per device and step; global = batch_size * devices * num_nodes
     grad_accum: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    scheduler: str = "cosine"
+    lr: float = 5e-4  # a LoRA rate; passed to the optimizer as its lr
+    warmup_ratio: float = 0.1  # warmup steps = int(warmup_ratio * optimizer steps)
+    # Instantiated with Hydra, then called with (params, lr=lr). AdamW: TRL's default; fused
+    # unless mixed precision (``fused: null`` lets sweetspot choose, see optim.build_optimizer).
+    optimizer: dict[str, Any] = field(
+        default_factory=lambda: {
+            "_target_": "torch.optim.AdamW", "_partial_": True, "weight_decay": 0.0,
+            "fused": None,
+        }
+    )
+    # Called with (optimizer, num_warmup_steps=, num_training_steps=), stepped every optimizer
+    # step. The default: linear warmup from lr / (warmup + 1), then cosine to 0 (or linear,
+    # constant: ``decay``); transformers.get_cosine_schedule_with_warmup etc. plug in as well.
+    lr_scheduler: dict[str, Any] = field(
+        default_factory=lambda: {
+            "_target_": "sweetspot.training.optim.WarmupThenDecay", "_partial_": True,
+            "decay": "cosine",
+        }
+    )
+    # Extra Lightning callbacks, each a node with _target_ (e.g. LearningRateMonitor). The
+    # checkpoint callback is not here: checkpoint_every_n_steps makes it (it is what resumes).
+    callbacks: list[dict[str, Any]] = field(default_factory=list)
     grad_clip: float = 1.0
-    max_length: int = 512
-    max_prompt_length: int = 256
+    max_length: int = 384  # prompt + completion tokens; longer pairs are truncated (counted)
+    max_prompt_length: int = 192
     gradient_checkpointing: bool = False
     # How chosen and rejected share a forward (same log-probs in all, tested to 1e-5):
     # stacked: TRL's two rows per pair; shared: one row per pair, the prompt computed once, a
@@ -66,7 +93,7 @@ class TrainerConfig:
     save: str = "merged"
     seed: int = 0
     log_every_n_steps: int = 1
-    checkpoint_every_n_steps: int = 50  # 0: no Lightning checkpoints (no resume)
+    checkpoint_every_n_steps: int = 25  # 0: no Lightning checkpoints (no resume)
     ref_batch_size: int = 8
 
     def __post_init__(self) -> None:
@@ -108,13 +135,20 @@ class TrainerConfig:
         at_least("batch_size", self.batch_size, 1)
         at_least("grad_accum", self.grad_accum, 1)
         positive("lr", self.lr)
-        non_negative("weight_decay", self.weight_decay)
         require(
             0 <= self.warmup_ratio < 1,
             "warmup_ratio",
             f"must be in [0, 1), got {self.warmup_ratio}",
         )
-        one_of("scheduler", self.scheduler, ("cosine", "linear", "constant"))
+        from sweetspot.training.optim import check_partial
+
+        check_partial("optimizer", self.optimizer, ("params",))
+        check_partial(
+            "lr_scheduler", self.lr_scheduler,
+            ("optimizer", "num_warmup_steps", "num_training_steps"),
+        )
+        for i, node in enumerate(self.callbacks):
+            check_partial(f"callbacks[{i}]", node, (), partial=False)
         non_negative("grad_clip", self.grad_clip)
         at_least("max_prompt_length", self.max_prompt_length, 1)
         require(

@@ -4,7 +4,6 @@ prompt computed once), the configured loss, and the reference log-probs read fro
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -14,19 +13,9 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDevice
 from sweetspot.training.config import TrainerConfig
 from sweetspot.training.logprobs import batch_logps
 from sweetspot.training.losses import LossInputs
+from sweetspot.training.optim import build_optimizer, build_scheduler
 
 RNG_KEY = "sweetspot_rng"
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """The learning-rate multiplier at optimizer step ``step`` (0-based): linear warmup over
-    ``warmup`` steps, then cosine (to 0 at ``total``), linear, or constant."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class PreferenceModule(L.LightningModule):
@@ -80,24 +69,16 @@ class PreferenceModule(L.LightningModule):
         self.batch_losses.append(float(loss))
 
     def configure_optimizers(self) -> dict:
+        """``trainer.optimizer`` over the trainable weights at ``trainer.lr``, and
+        ``trainer.lr_scheduler`` stepped every optimizer step (see ``training.optim``)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        # The fused kernel is the fastest AdamW (TRL's default too); Lightning refuses to clip
-        # gradients for it under mixed precision, so those runs take the foreach one.
-        fused = not self.cfg.precision.endswith("-mixed") and all(
-            p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params
-        )
-        optimizer = torch.optim.AdamW(
-            params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=fused or None
-        )
+        optimizer = build_optimizer(self.cfg.optimizer, params, self.cfg.lr, self.cfg.precision)
         # total_steps comes from the caller: ``trainer.estimated_stepping_batches`` would load
         # the train dataloader before the checkpoint is restored, and Lightning would then
         # never hand the loader its saved state.
         total = self.total_steps
         warmup = int(self.cfg.warmup_ratio * total)
-        schedule = self.cfg.scheduler
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total, warmup, schedule)
-        )
+        scheduler = build_scheduler(self.cfg.lr_scheduler, optimizer, warmup, total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

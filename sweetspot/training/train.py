@@ -15,6 +15,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from sweetspot.training.logprobs import (
     supports_shared_prompt,
 )
 from sweetspot.training.module import PreferenceModule
+from sweetspot.training.optim import build_callbacks as build_extra_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +242,143 @@ def total_steps(batches_per_epoch: int, cfg: TrainerConfig) -> int:
     return min(total, cfg.max_steps) if cfg.max_steps > 0 else total
 
 
+@dataclass
+class Prepared:
+    """What training needs before the Trainer starts: the tokenised pairs, the model (LoRA
+    attached), the layout chosen for them and the reference log-probs."""
+
+    pairs: list[TokenizedPair]
+    truncation: dict[str, Any]
+    model: Any
+    layout: str
+    ref: np.ndarray
+    ref_reused: bool
+    ref_seconds: float
+
+
+def prepare(
+    pairs_df: pd.DataFrame,
+    policy: Policy,
+    cfg: TrainerConfig,
+    cache: StageCache,
+    reference: Policy | None = None,
+) -> Prepared:
+    """Tokenise the pairs, load the model, choose the layout, and compute (or reuse) the
+    reference log-probs: with the untrained model itself, or ``reference`` when it is another
+    model."""
+    pairs, trunc = tokenize_pairs(pairs_df, policy.tokenizer, cfg.max_length,
+                                  cfg.max_prompt_length)
+    if not pairs:
+        raise ValueError("no pairs to train on")
+    model = build_model(policy, cfg)
+    layout = resolve_layout(cfg, model, pairs)
+    started = time.perf_counter()
+    if reference is None:
+        ref, ref_reused = cached_reference_logps(cache, policy, pairs, cfg, model, layout)
+    else:
+        ref, ref_reused = cached_reference_logps(cache, reference, pairs, cfg, None, layout)
+    ref_seconds = time.perf_counter() - started
+    model = prepare_for_training(model, cfg)
+    return Prepared(pairs, trunc, model, layout, ref, ref_reused, ref_seconds)
+
+
+def build_callbacks(cfg: TrainerConfig, ckpt_dir: Path) -> list[Any]:
+    """The checkpoint callback (every ``checkpoint_every_n_steps``, what a killed run resumes
+    from) and the extra callbacks of ``trainer.callbacks``."""
+    callbacks: list[Any] = []
+    if cfg.checkpoint_every_n_steps > 0:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                every_n_train_steps=cfg.checkpoint_every_n_steps,
+                save_last=True,
+                save_top_k=0,
+            )
+        )
+    return callbacks + build_extra_callbacks(cfg.callbacks)
+
+
+def build_trainer(
+    cfg: TrainerConfig, model: Any, out_dir: Path, loggers: list, callbacks: list[Any]
+) -> L.Trainer:
+    """The Lightning Trainer of ``cfg`` (hardware, precision, loop lengths, clipping)."""
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=build_strategy(cfg, model),
+        precision=cfg.precision,
+        max_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        accumulate_grad_batches=cfg.grad_accum,
+        gradient_clip_val=cfg.grad_clip or None,
+        log_every_n_steps=cfg.log_every_n_steps,
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        default_root_dir=str(out_dir),
+        enable_model_summary=False,
+        enable_progress_bar=sys.stdout.isatty(),  # a live bar on a terminal, not in logs
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the sampler shards global batches itself
+        plugins=lightning_plugins(current()),  # torchrun's or srun's ranks (distributed.py)
+    )
+
+
+def build_loader(
+    prepared: Prepared, cfg: TrainerConfig, trainer: L.Trainer, pad_id: int, keep_order: bool
+) -> ResumableLoader:
+    """Batches by length (or in the strategy's order), each rank its share, resumable: the
+    loader's position is saved with Lightning's checkpoints."""
+    sampler = EpochBatchSampler(
+        [pair_length(p, prepared.layout) for p in prepared.pairs],
+        cfg.batch_size,
+        keep_order,
+        cfg.seed,
+        world=lambda: (trainer.global_rank, trainer.world_size),
+    )
+    dataset = BatchDataset(prepared.pairs, None, pad_id, prepared.ref, prepared.layout)
+    loader = ResumableLoader(dataset, sampler)
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    loader.progress = lambda: progress.current.processed
+    return loader
+
+
+def resume_path(ckpt_dir: Path, callbacks: list[Any]) -> str | None:
+    """``last.ckpt`` of a killed run, when checkpoints are on and one exists."""
+    last = ckpt_dir / "last.ckpt"
+    if not any(isinstance(c, ModelCheckpoint) for c in callbacks) or not last.exists():
+        return None
+    log.info("resuming training from %s", last)
+    return str(last)
+
+
+def train_metrics(
+    trainer: L.Trainer, module: PreferenceModule, prepared: Prepared, resumed: bool,
+    fit_seconds: float,
+) -> dict:
+    """The train stage's metrics: Lightning's last logged values and the run's facts."""
+    layout = prepared.layout
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update(
+        {
+            "train/pairs": len(prepared.pairs),
+            "train/steps": int(trainer.global_step),
+            "train/layout_stacked": layout == "stacked",
+            "train/layout_shared": layout == "shared",
+            "train/layout_prefix": layout == "prefix",
+            "train/resumed": resumed,
+            "train/reference_reused": prepared.ref_reused,
+            "train/reference_seconds": round(prepared.ref_seconds, 3),
+            "train/fit_seconds": round(fit_seconds, 3),
+            **{f"train/{k}": v for k, v in prepared.truncation.items()},
+        }
+    )
+    if module.batch_losses:
+        metrics["train/first_loss"] = module.batch_losses[0]
+    return metrics
+
+
 def train_policy(
     pairs_df: pd.DataFrame,
     policy: Policy,
@@ -258,91 +397,18 @@ def train_policy(
     resumes from the last one, exactly where it stopped. ``reference``: the frozen reference
     when it is not ``policy`` itself (iterative DPO trains pi_t from pi_(t-1) against pi_0)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    tok = policy.tokenizer
-    pairs, trunc = tokenize_pairs(pairs_df, tok, cfg.max_length, cfg.max_prompt_length)
-    if not pairs:
-        raise ValueError("no pairs to train on")
-    model = build_model(policy, cfg)
-    layout = resolve_layout(cfg, model, pairs)
-    started = time.perf_counter()
-    if reference is None:
-        ref, ref_reused = cached_reference_logps(cache, policy, pairs, cfg, model, layout)
-    else:
-        ref, ref_reused = cached_reference_logps(cache, reference, pairs, cfg, None, layout)
-    ref_seconds = time.perf_counter() - started
-    model = prepare_for_training(model, cfg)
-
-    lengths = [pair_length(p, layout) for p in pairs]
+    prepared = prepare(pairs_df, policy, cfg, cache, reference)
     ckpt_dir = (resume_dir or out_dir) / "lightning"
-    callbacks = []
-    if cfg.checkpoint_every_n_steps > 0:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=ckpt_dir,
-                every_n_train_steps=cfg.checkpoint_every_n_steps,
-                save_last=True,
-                save_top_k=0,
-            )
-        )
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=build_strategy(cfg, model),
-        precision=cfg.precision,
-        max_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        accumulate_grad_batches=cfg.grad_accum,
-        gradient_clip_val=cfg.grad_clip or None,
-        log_every_n_steps=cfg.log_every_n_steps,
-        logger=loggers or False,
-        callbacks=callbacks,
-        enable_checkpointing=bool(callbacks),
-        default_root_dir=str(out_dir),
-        enable_model_summary=False,
-        enable_progress_bar=sys.stdout.isatty(),  # a live bar on a terminal, not in logs
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # the sampler shards global batches itself
-        plugins=lightning_plugins(current()),  # torchrun's or srun's ranks (distributed.py)
-    )
-    sampler = EpochBatchSampler(
-        lengths,
-        cfg.batch_size,
-        keep_order,
-        cfg.seed,
-        world=lambda: (trainer.global_rank, trainer.world_size),
-    )
-    loader = ResumableLoader(BatchDataset(pairs, None, tok.pad_token_id, ref, layout), sampler)
-    module = PreferenceModule(model, loss, cfg, total_steps(len(sampler), cfg))
-    progress = trainer.fit_loop.epoch_loop.batch_progress
-    loader.progress = lambda: progress.current.processed
-    last = ckpt_dir / "last.ckpt"
-    resume = str(last) if callbacks and last.exists() else None
-    if resume:
-        log.info("resuming training from %s", last)
+    callbacks = build_callbacks(cfg, ckpt_dir)
+    trainer = build_trainer(cfg, prepared.model, out_dir, loggers, callbacks)
+    loader = build_loader(prepared, cfg, trainer, policy.tokenizer.pad_token_id, keep_order)
+    module = PreferenceModule(prepared.model, loss, cfg, total_steps(len(loader.sampler), cfg))
+    resume = resume_path(ckpt_dir, callbacks)
     started = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=resume)
     fit_seconds = time.perf_counter() - started
-
-    save_final(trainer, module, policy, tok, cfg, out_dir / "checkpoint")
-    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics.update(
-        {
-            "train/pairs": len(pairs),
-            "train/steps": int(trainer.global_step),
-            "train/layout_stacked": layout == "stacked",
-            "train/layout_shared": layout == "shared",
-            "train/layout_prefix": layout == "prefix",
-            "train/resumed": bool(resume),
-            "train/reference_reused": ref_reused,
-            "train/reference_seconds": round(ref_seconds, 3),
-            "train/fit_seconds": round(fit_seconds, 3),
-            **{f"train/{k}": v for k, v in trunc.items()},
-        }
-    )
-    if module.batch_losses:
-        metrics["train/first_loss"] = module.batch_losses[0]
-    return metrics
+    save_final(trainer, module, policy, policy.tokenizer, cfg, out_dir / "checkpoint")
+    return train_metrics(trainer, module, prepared, bool(resume), fit_seconds)
 
 
 def save_final(
