@@ -233,7 +233,8 @@ def run_training(tiny, out: Path, **overrides) -> dict:
     cache, policy = tiny
     data = overrides.pop("data", None)
     keep_order = overrides.pop("keep_order", False)
-    settings = {"batch_size": 4, "lr": 1e-3, "warmup_ratio": 0.0, "checkpoint_every_n_steps": 0}
+    settings = {"batch_size": 4, "lr": 1e-3, "warmup_ratio": 0.0, "checkpoint_every_n_steps": 0,
+                "epochs": 1}  # one pass over the synthetic pairs (the CLI default trains 2)
     settings.update(overrides)
     cfg = TrainerConfig(**settings)
     data = synthetic_pairs(12) if data is None else data
