@@ -4,10 +4,12 @@ run, every rank runs the pipeline and the heavy stages split their shards betwee
 Who does what (``pipeline.py`` and ``cache.py`` use this module through :class:`Ranks`):
 
 - sample, score and the evaluation answers: rank 0 lists the missing shards and broadcasts the
-  list; rank k takes every world-th of them (``Ranks.split``), writes each finished shard
+  list; rank k takes every world-th of them (``Ranks.split``; the scorer's shard loop takes
+  every world-th shard, ``Ranks.owner``, and skips finished ones), writes each finished shard
   atomically into the stage's shared ``<key>.partial/`` folder, and the ranks meet
   (``Ranks.shares``, which also reports each rank's share); rank 0 then assembles the entry and
-  commits it, and the others read the committed entry;
+  commits it, and the others read the committed entry. A scorer without shards (the cheap
+  ones) scores on rank 0;
 - training: Lightning DDP/FSDP across the same ranks, in the process group joined here (the
   strategy finds it initialised and does not launch processes);
 - every other stage, and everything after training but the answers, runs on rank 0; the others
@@ -29,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -94,6 +97,17 @@ class Ranks:
         if not self.many:
             return {}
         return {f"shards/rank{k}": int(n) for k, n in enumerate(self.gather(int(done)))}
+
+    def owner(self) -> Callable[[int], Iterator[int]]:
+        """A ``ShardOwner`` for ``Scorer.run``: this rank's shards of ``count`` (every world-th),
+        then a meeting point, so when the scorer's loop is done every rank's shards are on disk
+        and its assembly can read them all."""
+
+        def owned(count: int) -> Iterator[int]:
+            yield from range(self.rank, count, self.world)
+            self.gather(None)
+
+        return owned
 
 
 SOLO = Ranks()

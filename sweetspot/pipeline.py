@@ -29,7 +29,7 @@ from sweetspot.config import Plan, validate
 from sweetspot.data import pairs_for_trl, read_table, write_json, write_jsonl, write_table
 from sweetspot.errors import ConfigError, SweetspotError
 from sweetspot.models import ModelSpec, Policy, resolve_model_dir
-from sweetspot.scoring.base import Scorer
+from sweetspot.scoring.base import Scorer, ShardOwner, all_shards
 from sweetspot.selection.base import SelectionResult, SelectionStrategy
 
 UNTIL = ("select", "train", "evaluate")
@@ -124,11 +124,13 @@ def stage_sample(s: RunState, prompts: pd.DataFrame) -> pd.DataFrame:
 
 
 def score_responses(scorer: Scorer, table: pd.DataFrame,
-                    partial_dir: Path | None = None) -> dict[str, float]:
+                    partial_dir: Path | None = None,
+                    owned: ShardOwner = all_shards) -> dict[str, float]:
     """Add the scorer's columns in place; skipped rows (no response) keep NaN scores. Returns
-    the scorer's statistics of the call. ``partial_dir``: resumable shards (``Scorer.run``)."""
+    the scorer's statistics of the call. ``partial_dir``: resumable shards (``Scorer.run``);
+    ``owned``: the shards this process scores (a rank's share, ``Ranks.owner``)."""
     live = table["response"].notna()
-    result = scorer.run(table[live], partial_dir)
+    result = scorer.run(table[live], partial_dir, owned)
     for col in result.scores.columns:
         table.loc[live, col] = result.scores[col]
     return result.stats
@@ -138,9 +140,20 @@ def stage_score(s: RunState, prompts: pd.DataFrame, responses: pd.DataFrame) -> 
     scorer = s.plan.scorer
 
     def compute(ctx: Any) -> dict:
+        ranks = ctx.ranks
+        sharded = ranks.many and scorer.shard_size() is not None
+        if ranks.many and not sharded and not ranks.main:
+            return {}  # a scorer without shards scores the table in one call, on rank 0
         extra = [c for c in prompts.columns if c not in responses.columns or c == "prompt_id"]
         table = responses.merge(prompts[extra], on="prompt_id", how="left")
-        stats = score_responses(scorer, table, ctx.partial_dir)
+        # each rank scores its shards; after the meeting point in ``owner`` every rank's are
+        # on disk and the assembly reads them
+        owned = ranks.owner() if sharded else all_shards
+        stats = score_responses(scorer, table, ctx.partial_dir, owned)
+        if sharded:
+            stats = {**stats, **ranks.shares(int(stats.get("shards_computed", 0)))}
+            if not ranks.main:
+                return {}
         table["reward"] = table[scorer.column].astype(float)
         bad = int((~np.isfinite(table["reward"].to_numpy())).sum())
         write_table(table, ctx.out_dir / "scored.parquet")
@@ -148,7 +161,8 @@ def stage_score(s: RunState, prompts: pd.DataFrame, responses: pd.DataFrame) -> 
 
     entry = s.record(
         s.cache.get_or_compute(
-            "score", keys.score_config(s.cfg, s.plan), [s.entries["sample"].key], compute
+            "score", keys.score_config(s.cfg, s.plan), [s.entries["sample"].key], compute,
+            every_rank=True,
         )
     )
     return read_table(entry.file("scored.parquet"))
