@@ -32,3 +32,12 @@ def make_cfg(cache_dir: Path):
             return compose("config", overrides=list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory):
+    """The ``/v1`` URL of a real llama.cpp OpenAI-compatible server (SmolLM2-135M), started once
+    per session with weight repacking off (``tests/llama_server.py``)."""
+    from tests.llama_server import serve
+
+    yield from serve(tmp_path_factory.mktemp("llama_server") / "server.log")

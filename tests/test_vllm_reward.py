@@ -11,21 +11,17 @@ the transformers scorer.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from sweetspot.config import build_node
 from sweetspot.errors import ConfigError, SweetspotError
 from sweetspot.scoring.reward_model import RewardModelScorer
 from sweetspot.scoring.vllm_reward import VLLMRewardScorer, build_requests, parse_outputs
 from tests.test_scorers import RESPONSES
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "scorer" / "reward_model_vllm.yaml"
 
 
 def output(ids: list[int], values: list[float]) -> SimpleNamespace:
@@ -64,9 +60,9 @@ def test_outputs_parse_in_order_with_the_chosen_label() -> None:
         parse_outputs(requests, one[:2], None, "rm")
 
 
-def test_config_engine_arguments_and_missing_vllm(tiny_reward_model) -> None:
-    node = OmegaConf.load(CONF)
-    node.name_or_path = str(tiny_reward_model())
+def test_config_engine_arguments_and_missing_vllm(tiny_reward_model, make_cfg) -> None:
+    node = make_cfg("scorer=reward_model_vllm",
+                    f"scorer.name_or_path={tiny_reward_model()}").scorer
     scorer = build_node(node, "scorer")
     assert isinstance(scorer, VLLMRewardScorer) and scorer.shard_size() == 64
     args = scorer.engine_args("/m")
