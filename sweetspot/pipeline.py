@@ -544,7 +544,12 @@ def run_pipeline(
 def check_ranks(cfg: DictConfig, plan: Plan, ranks: distributed.Ranks) -> None:
     """Before any work: a run of several ranks trains on all of them (Lightning DDP/FSDP), so
     the trainer's devices x num_nodes must be the world size (Lightning would say so only at
-    ``fit``, after sampling and scoring)."""
+    ``fit``, after sampling and scoring). The pilot, whose short training runs on rank 0 alone,
+    is refused rather than left to wait for the other ranks (iterative rounds refuse
+    trainer.devices > 1 themselves, ``rounds.check``)."""
+    if plan.selection.needs_pilot:
+        raise ConfigError("selection", "the pilot's short training runs in one process: run "
+                          "selection=pilot without torchrun/srun ranks")
     if cfg.until not in ("train", "evaluate"):
         return
     trainer = plan.trainer

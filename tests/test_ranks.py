@@ -130,3 +130,32 @@ def test_torchrun_two_ranks_give_the_one_process_pairs(tmp_path: Path) -> None:
     stages = json.loads((tmp_path / "two" / "stages.json").read_text())
     assert not list((tmp_path / "cache-two").glob("*/*.rank*-*"))  # no scratch left behind
     assert Path(stages["sample"]["path"]).is_dir()
+
+
+def test_slurm_preset_spans_nodes(tmp_path: Path) -> None:
+    """No cluster here: the batch script submitit would submit for one job of 2 nodes x 4 ranks,
+    one GPU per rank (submitit's own renaming of the plugin's fields and its sbatch template)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+    from submitit.slurm.slurm import SlurmExecutor, _convert_mem, _make_sbatch_string
+
+    from sweetspot.config import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "hydra/launcher=slurm", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=4",
+            "hydra.launcher.gpus_per_node=null", "hydra.launcher.gpus_per_task=1",
+            f"hydra.sweep.dir={tmp_path}",
+        ], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    launcher = instantiate(cfg.hydra.launcher)
+    names = SlurmExecutor._equivalence_dict()
+    params = {names.get(k, k): v for k, v in launcher.params.items()
+              if k not in ("submitit_folder", "max_num_timeout")}
+    params["mem"] = _convert_mem(params["mem"])
+    script = _make_sbatch_string(command="python job.py", folder=tmp_path, **params)
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-task=1",
+                 "export SLURM_KILL_BAD_EXIT=1", "srun --unbuffered"):
+        assert line in script, line
+    assert "--gpus-per-node" not in script
