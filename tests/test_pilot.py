@@ -89,12 +89,13 @@ def test_pilot_is_a_stage_between_denoise_and_select() -> None:
 
 @pytest.fixture(scope="module")
 def pilot_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny selection=pilot run, then the same run again, in a fresh cache."""
+    """A tiny selection=pilot run to the pairs, then the same run again, in a fresh cache
+    (``<root>/cache``)."""
     root = tmp_path_factory.mktemp("pilot")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SWEETSPOT_CACHE", str(root / "cache"))
-        run_pipeline(compose_cfg(*SMALL), root / "run")
-        run_pipeline(compose_cfg(*SMALL), root / "again")
+        run_pipeline(compose_cfg(*SMALL, "until=select"), root / "run")
+        run_pipeline(compose_cfg(*SMALL, "until=select"), root / "again")
     return root / "run", root / "again"
 
 
@@ -148,3 +149,35 @@ def test_pilot_entry_is_keyed_and_reused(pilot_run) -> None:
     second = json.loads((again / "metrics.json").read_text())
     assert second["stage/pilot/reused"] and second["stage/select/reused"]
     assert pd.read_csv(again / "pilot.csv").equals(pd.read_csv(run / "pilot.csv"))
+
+
+def test_killed_pilot_resumes_at_the_next_candidate(pilot_run, monkeypatch, tmp_path) -> None:
+    """A pilot that dies while training its second candidate keeps the first one's answers:
+    the rerun trains only the second, and its table has both candidates."""
+    import sweetspot.pilot_stage as stage
+
+    run, _ = pilot_run
+    monkeypatch.setenv("SWEETSPOT_CACHE", str(run.parent / "cache"))
+    cfg = (*SMALL, "until=select", "selection.seed=1")  # another draw: a new pilot entry
+    real, trained = stage.train_short, []
+
+    def dies_on_the_second(*args, **kwargs):
+        trained.append(args[2]["rejected_position"].iloc[0])
+        if len(trained) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "train_short", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(compose_cfg(*cfg), tmp_path / "killed")
+    trained.clear()
+
+    def counted(*args, **kwargs):
+        trained.append(args[2]["rejected_position"].iloc[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "train_short", counted)
+    run_pipeline(compose_cfg(*cfg), tmp_path / "resumed")
+    assert trained == ["mu"]  # max/min's answers were kept; only mu+sigma/mu trained again
+    table = pd.read_csv(tmp_path / "resumed" / "pilot.csv")
+    assert table["pair"].tolist() == ["max/min", "mu+sigma/mu"] and table["steps"].eq(2).all()
