@@ -149,13 +149,17 @@ def setup() -> Ranks:
         return SOLO
     import torch
     import torch.distributed as dist
+    from torch.distributed.constants import default_pg_timeout
 
     if not dist.is_initialized():
         os.environ["MASTER_ADDR"] = env.main_address
         os.environ["MASTER_PORT"] = str(env.main_port)
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        # the default group serves Lightning's collectives: its default timeout, as when
+        # Lightning creates the group itself; the stages wait in their own group (TIMEOUT)
         dist.init_process_group(
-            backend, rank=env.global_rank(), world_size=env.world_size(), timeout=TIMEOUT
+            backend, rank=env.global_rank(), world_size=env.world_size(),
+            timeout=default_pg_timeout,
         )
     group = dist.new_group(backend="gloo", timeout=TIMEOUT)
     rank, world = dist.get_rank(), dist.get_world_size()
