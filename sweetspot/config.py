@@ -159,6 +159,11 @@ def build_node(node: DictConfig, where: str) -> Any:
             raise ConfigError(f"{where}.{missing[0]}", "is required (set it on the command line)")
         try:
             typed = OmegaConf.merge(OmegaConf.structured(cls), values)
+            for key in values:  # a free-form dict field (trainer.lr_scheduler) is taken whole:
+                # merged, the default's keys that the composed node dropped would come back
+                # (``~trainer.lr_scheduler.decay`` with another ``_target_``)
+                if isinstance(typed[key], DictConfig) and OmegaConf.get_type(typed[key]) is dict:
+                    typed[key] = values[key]
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", None) or "?"
             raise ConfigError(f"{where}.{key}", _first_line(e)) from None

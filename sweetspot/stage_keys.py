@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hydra.utils import get_class
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from sweetspot.cache import stage_key
@@ -32,9 +32,12 @@ STAGES = (
 
 
 def execution_only(target: str) -> tuple[str, ...]:
-    """The execution-only fields of the class a ``_target_`` names (none for a class, such as a
-    loss, that declares none: every field of it is part of the key)."""
-    return tuple(getattr(get_class(target), "EXECUTION_ONLY", ()))
+    """The execution-only fields of what a ``_target_`` names: a stage class's
+    ``EXECUTION_ONLY``; none for anything else it may name (a torch optimizer, a schedule
+    function such as ``transformers.get_cosine_schedule_with_warmup``, a Lightning callback):
+    those are not sweetspot classes and have no common base to declare it, so every argument
+    of theirs is part of the key."""
+    return tuple(getattr(get_object(target), "EXECUTION_ONLY", ()))
 
 
 def key_node(value: Any) -> Any:

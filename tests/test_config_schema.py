@@ -185,6 +185,32 @@ def test_lr_schedule_from_config_is_the_hand_written_curve(decay, total, ratio) 
     assert optimizer.defaults["fused"] is True  # 32-true: the fused kernel, as before
 
 
+def test_a_schedule_function_as_target_composes_validates_and_keys() -> None:
+    """``trainer.lr_scheduler._target_`` may name a function (transformers' schedules), not only
+    a class: the config composes, validates (the dropped ``decay`` stays dropped), gets keys
+    (only training and what follows change) and builds transformers' curve."""
+    overrides = ("trainer.lr_scheduler._target_=transformers.get_cosine_schedule_with_warmup",
+                 "~trainer.lr_scheduler.decay")
+    cfg = compose_cfg(*overrides)
+    plan = validate(cfg)
+    assert plan.trainer.lr_scheduler == {
+        "_target_": "transformers.get_cosine_schedule_with_warmup", "_partial_": True}
+    keys, default = stage_keys(cfg, plan), stage_keys(compose_cfg())
+    same = {s for s in keys if keys[s] == default[s]}
+    assert same == {"prompts", "sample", "score", "denoise", "select", "answers_reference"}
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = build_optimizer(plan.trainer.optimizer, [weight], 1.0, plan.trainer.precision)
+    scheduler = build_scheduler(plan.trainer.lr_scheduler, optimizer, 2, 6)
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # transformers' curve: s / w during warmup (from 0), then half a cosine to 0.
+    expected = [0.0, 0.5] + [(1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]
+    assert seen == pytest.approx(expected, abs=1e-12)
+
+
 def test_bad_optimizer_argument_names_the_key() -> None:
     from sweetspot.errors import ConfigError
 
