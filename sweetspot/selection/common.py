@@ -334,25 +334,46 @@ class PairStrategy(SelectionStrategy):
         return SelectionResult(pairs=frame, skipped=skipped, metrics=metrics)
 
 
+def _is_text(dtype: object) -> bool:
+    """pandas' default ``str`` dtype (Arrow storage, NaN for missing)."""
+    return (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"
+            and getattr(dtype, "na_value", None) is np.nan)
+
+
+def _take(column: pd.Series, index: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """The values at ``index`` (positions), gathering only those rows, never the whole column
+    (millions of responses). Text in pandas' default ``str`` dtype stays in Arrow: the frame
+    would turn the gathered Python strings back into that same dtype anyway (unless none is
+    a string: then it stays an object column, as before)."""
+    if _is_text(column.dtype):
+        taken = column.array.take(index)
+        return taken if len(taken) and not taken.isna().all() else taken.to_numpy()
+    return column.take(index).to_numpy()
+
+
 def pairs_frame(m: ResponseMatrix, pairs: PairArrays, responses: pd.DataFrame) -> pd.DataFrame:
     """The pairs table: ``PAIR_COLUMNS``, the texts, every computed column, sorted by ``order``."""
     rows, c, r = pairs.prompt_index, pairs.chosen_col, pairs.rejected_col
     ci, ri = m.row_index[rows, c], m.row_index[rows, r]
     cols = pairs.columns
     route = cols.get("route", np.full(len(pairs), "dpo"))
+    prompt_ids = responses["prompt_id"]
     data = {
-        "prompt_id": m.prompt_ids[rows], "chosen_sample_id": m.sample_ids[rows, c],
+        "prompt_id": _take(prompt_ids, ci) if _is_text(prompt_ids.dtype) else m.prompt_ids[rows],
+        "chosen_sample_id": m.sample_ids[rows, c],
         "rejected_sample_id": m.sample_ids[rows, r], "chosen_reward": cols["chosen_reward"],
         "rejected_reward": cols["rejected_reward"], "margin": cols["margin"],
         "weight": np.ones(len(pairs)), "route": route,
         "chosen_position": pairs.chosen_position, "rejected_position": pairs.rejected_position,
     }
     if "prompt" in responses.columns:
-        data["prompt"] = responses["prompt"].to_numpy()[ci]
-    texts = responses["response"].to_numpy()
-    data["chosen"], data["rejected"] = texts[ci], texts[ri]
+        data["prompt"] = _take(responses["prompt"], ci)
+    data["chosen"] = _take(responses["response"], ci)
+    data["rejected"] = _take(responses["response"], ri)
     data.update({k: v for k, v in cols.items() if k not in data})
     data["system_prompt"] = None
     data["order"] = pairs.order
     frame = pd.DataFrame(data)
-    return frame.sort_values("order", kind="stable").reset_index(drop=True)
+    if len(frame) and not (np.diff(pairs.order) > 0).all():  # a curriculum reorders the pairs
+        frame = frame.sort_values("order", kind="stable").reset_index(drop=True)
+    return frame

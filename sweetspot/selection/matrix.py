@@ -4,7 +4,11 @@ Columns are ordered by ``sample_id`` within each prompt, so "first column" means
 ``sample_id``": every tie (argmax, nearest target, lowest of a random subset) is broken that way.
 Padding (prompts with fewer responses than the widest prompt) is NaN in ``rewards`` and -1 in
 the integer matrices; an unscored response (reward NaN) stays in the matrix as NaN and is
-excluded from every statistic.
+excluded from every statistic. ``text_codes`` only compare texts within one prompt (a code is the
+column of the row's first response with that text), which is all a strategy asks of them.
+
+A frame already in matrix order (what every stage writes) is placed by reshaping, so the
+matrices may be read-only views of the frame's columns: strategies never write to them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sweetspot.errors import DataError
 
@@ -29,7 +35,8 @@ class ResponseMatrix:
     rewards: np.ndarray                     # float64 [P, N], NaN = unscored or padding
     prompt_ids: np.ndarray | None = None    # object [P]
     sample_ids: np.ndarray | None = None    # int64 [P, N], -1 = padding
-    text_codes: np.ndarray | None = None    # int64 [P, N], same code = same text; None = distinct
+    text_codes: np.ndarray | None = None    # int64 [P, N], same code in a row = same text;
+                                            # None = all distinct
     row_index: np.ndarray | None = None     # int64 [P, N], row in the source frame, -1 = padding
     implicit: np.ndarray | None = None      # float64 [P, N], implicit log-ratio of each response
     data_chosen: np.ndarray | None = None   # bool [P, N], the dataset's own chosen response
@@ -75,57 +82,295 @@ def _column(responses: pd.DataFrame, name: str, dtype: type) -> np.ndarray:
         raise DataError(f"column '{name}' must be {dtype.__name__}: {err}", field=name) from err
 
 
-def _scatter(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
-             fill: object) -> np.ndarray:
-    out = np.full(shape, fill, dtype=values.dtype)
-    out[rows, cols] = values
-    return out
+@dataclass
+class _Layout:
+    """Where each source row goes in the matrix. ``order`` is None when the rows are already in
+    matrix order (grouped by prompt, ascending ``sample_id``: what every stage writes), and
+    ``flat`` is None when no prompt is short of responses; then placing a column is a reshape."""
+
+    order: np.ndarray | None
+    flat: np.ndarray | None
+    shape: tuple[int, int]
+
+    def place(self, values: np.ndarray, fill: object) -> np.ndarray:
+        if self.order is not None:
+            values = values[self.order]
+        if self.flat is None:
+            return values.reshape(self.shape)
+        out = np.full(self.shape[0] * self.shape[1], fill, dtype=values.dtype)
+        out[self.flat] = values
+        return out.reshape(self.shape)
+
+
+def _runs(column: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where each run of equal values starts, and the value of each run (as objects), compared
+    in the column's own storage (Arrow strings or integers, NumPy integers); None for any other
+    storage, or when a value comes back in a later run (then the runs are not the prompts)."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.ArrowDtype) or getattr(dtype, "storage", None) == "pyarrow":
+        values = pa.array(column.array)
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        kind = values.type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                or pa.types.is_integer(kind)):
+            return None
+        changes = pc.not_equal(values[1:], values[:-1]).to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.r_[True, changes])
+        heads = values.take(pa.array(starts))
+        if pc.count_distinct(heads).as_py() != len(heads):
+            return None
+        return starts, np.asarray(heads.to_numpy(zero_copy_only=False), dtype=object)
+    if isinstance(dtype, np.dtype) and dtype.kind in "iub":
+        values = column.to_numpy()
+        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+        heads = values[starts]
+        if len(np.unique(heads)) != len(heads):
+            return None
+        return starts, heads.astype(object)
+    return None
+
+
+@dataclass
+class PromptGroups:
+    """``pd.factorize(prompt_id, sort=False)``'s result (``uniques`` as objects), kept as runs
+    when every prompt's rows are contiguous (``starts`` of each run): then no per-row code is
+    hashed or stored. ``codes()`` gives the per-row codes either way."""
+
+    uniques: np.ndarray
+    starts: np.ndarray | None = None
+    row_codes: np.ndarray | None = None
+
+    def codes(self, rows: int) -> np.ndarray:
+        if self.row_codes is None:
+            self.row_codes = np.repeat(np.arange(len(self.starts)), self.counts(rows))
+        return self.row_codes
+
+    def counts(self, rows: int) -> np.ndarray:
+        if self.starts is not None:
+            return np.diff(np.append(self.starts, rows))
+        return np.bincount(self.row_codes, minlength=len(self.uniques))
+
+
+def prompt_groups(column: pd.Series) -> PromptGroups:
+    """Factorize the prompt ids, without hashing every row when each prompt's rows are
+    contiguous: the run starts are found by comparing neighbours, and only they are checked
+    for repeats. Same codes and uniques as ``pd.factorize`` (first appearance order)."""
+    if column.isna().any():
+        raise DataError("prompt_id must not be missing", field="prompt_id")
+    runs = _runs(column) if len(column) else None
+    if runs is not None:
+        return PromptGroups(uniques=runs[1], starts=runs[0])
+    codes, uniques = pd.factorize(column, sort=False)
+    return PromptGroups(uniques=np.asarray(uniques, dtype=object), row_codes=codes)
+
+
+def _string_array(column: pd.Series) -> pa.LargeStringArray | None:
+    """The texts as one Arrow large_string array (no copy for Arrow-backed strings); None when
+    the column holds anything but strings and missing values."""
+    try:
+        if isinstance(column.dtype, np.dtype):
+            values = pa.array(column.to_numpy(), from_pandas=True)
+        else:
+            values = pa.array(column.array)
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_string(values.type) or pa.types.is_string_view(values.type):
+        values = values.cast(pa.large_string())
+    return values if pa.types.is_large_string(values.type) else None
+
+
+_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection
+
+
+def _words(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Bytes ``pos .. pos + 7`` of ``data`` as little-endian uint64 (bytes past the end read 0).
+
+    Each is assembled from the two aligned words that hold it (NumPy gathers aligned words
+    ten times faster than unaligned ones); reads at the buffer's edges go byte by byte.
+    """
+    base = -data.ctypes.data % 8
+    count = max((len(data) - base) // 8, 0)
+    if not len(pos):
+        return np.zeros(0, np.uint64)
+    rel = pos - base if base else pos
+    if count >= 2 and rel.min() >= 0 and rel.max() <= 8 * count - 16:
+        aligned = data[base:base + 8 * count].view(np.uint64)
+        q = rel >> 3
+        bits = ((rel & 7) << 3).view(np.uint64)
+        out = aligned[q]
+        out >>= bits
+        q += 1
+        high = aligned[q]
+        high <<= np.uint64(1)  # then << (63 - bits): 0 when bits == 0 (never a 64-bit shift)
+        np.subtract(np.uint64(63), bits, out=bits)
+        high <<= bits
+        out |= high
+        return out
+    word = np.zeros(len(pos), np.uint64)  # near an edge (rare): byte by byte
+    last = max(len(data) - 1, 0)
+    for k in range(8):
+        byte = data[np.minimum(pos + k, last)] if len(data) else np.zeros(len(pos), np.uint8)
+        word |= np.where(pos + k < len(data), byte, 0).astype(np.uint64) << np.uint64(8 * k)
+    return word
+
+
+def _text_buffers(texts: pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray]:
+    """Arrow's offsets (len + 1) and bytes of a large_string array, as NumPy views."""
+    _, offset_buf, data_buf = texts.buffers()
+    offsets = np.frombuffer(offset_buf, np.int64)[texts.offset:texts.offset + len(texts) + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return offsets, data
+
+
+def fingerprints(texts: pa.LargeStringArray, index: np.ndarray | slice | None = None
+                 ) -> np.ndarray:
+    """A uint64 per text (of ``texts[index]``; all when None) from its byte length, first 8
+    and last 8 bytes, read in place from Arrow's buffers: the cost is per text, not per byte.
+    Equal texts always get equal fingerprints, so different fingerprints prove different texts;
+    equal ones are only candidates, to be checked exactly."""
+    offsets, data = _text_buffers(texts)
+    if index is None or isinstance(index, slice):
+        index = slice(None) if index is None else index
+        starts = offsets[:-1][index]
+        ends = offsets[1:][index]
+    else:
+        starts, ends = offsets[index], offsets[index + 1]
+    shape = starts.shape
+    starts, ends = starts.ravel(), ends.ravel()
+    lengths = ends - starts
+    x = _words(data, starts)
+    if not len(x):
+        return x.reshape(shape)
+    if lengths.min() < 8:  # keep only a short text's own bytes
+        x &= _MASKS.take(np.minimum(lengths, 8))
+    x *= _MIX  # equal texts give equal words and lengths, so equal fingerprints
+    x += lengths.view(np.uint64)
+    if lengths.max() > 8:  # and the last 8 bytes of every longer text
+        if lengths.min() > 8:
+            tail = _words(data, ends - 8)
+            tail *= _MIX
+            tail ^= x
+            x = tail
+        else:
+            long = np.flatnonzero(lengths > 8)
+            tail = _words(data, ends[long] - 8)
+            tail *= _MIX
+            x[long] ^= tail
+    return x.reshape(shape)
+
+
+def _text_codes(responses: pd.DataFrame, layout: _Layout, row_index: np.ndarray,
+                block_cells: int = 1 << 15) -> np.ndarray | None:
+    """Per prompt row, the column of the first response with the same text (-1: padding or no
+    text). Only texts within one prompt are ever compared, so codes are per row. Rows whose
+    fingerprints all differ (the common case) need nothing more, and when that is every row,
+    with no padding and no missing text, there are no codes at all (None: all distinct, as in
+    ``ResponseMatrix``). The other rows are factorized exactly. Works in blocks of rows, so
+    the temporaries stay in cache."""
+    column = responses["response"]
+    texts = _string_array(column)
+    if texts is None:  # not strings: factorize whatever it holds
+        codes, _ = pd.factorize(column, sort=False)
+        return layout.place(codes.astype(np.int64), -1)
+    P, N = layout.shape
+    null = texts.is_null().to_numpy(zero_copy_only=False) if texts.null_count else None
+    sentinel = ~np.arange(N, dtype=np.uint64)  # per column: a clash only costs a check
+    suspects, clean = [], null is None and layout.flat is None
+    block_rows = max(1, block_cells // max(N, 1))  # temporaries that stay in cache
+    for s in range(0, P, block_rows):
+        index = row_index[s:s + block_rows]
+        if clean and layout.order is None:  # rows in matrix order: a slice of the texts
+            fp = fingerprints(texts, slice(s * N, s * N + index.size)).reshape(index.shape)
+        elif clean:
+            fp = fingerprints(texts, index)
+        else:
+            valid = index >= 0
+            if null is not None:
+                valid &= ~null[index]
+            fp = np.where(valid, fingerprints(texts, np.maximum(index, 0)), sentinel)
+        fp.sort(axis=1)
+        suspects.append(s + np.flatnonzero((fp[:, 1:] == fp[:, :-1]).any(axis=1)))
+    suspect = np.concatenate(suspects) if suspects else np.zeros(0, np.int64)
+    if clean and not suspect.size:
+        return None  # every prompt's texts all differ
+    columns = np.arange(N, dtype=np.int64)
+    valid = row_index >= 0
+    if null is not None:
+        valid &= ~null[np.maximum(row_index, 0)]
+    codes = np.where(valid, columns, -1)
+    if suspect.size:
+        local, cols = np.nonzero(valid[suspect])
+        exact = pc.dictionary_encode(texts.take(pa.array(row_index[suspect[local], cols])))
+        key = local * np.int64(len(exact.dictionary)) + exact.indices.to_numpy()
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        codes[suspect[local], cols] = cols[first][inverse]
+    return codes
 
 
 def build_matrix(responses: pd.DataFrame) -> ResponseMatrix:
-    """Build every matrix a strategy may need from a responses frame, in one sort."""
+    """Build every matrix a strategy may need from a responses frame. A frame already in
+    matrix order (grouped by prompt, ascending ``sample_id``) is neither sorted nor scattered."""
     missing = [c for c in REQUIRED_COLUMNS if c not in responses.columns]
     if missing:
         raise DataError(f"responses table lacks column(s) {missing}", field=missing[0])
-    prompt_codes, uniques = pd.factorize(responses["prompt_id"], sort=False)
-    if (prompt_codes < 0).any():
-        raise DataError("prompt_id must not be missing", field="prompt_id")
+    groups = prompt_groups(responses["prompt_id"])
     sample = responses["sample_id"]
     if not pd.api.types.is_integer_dtype(sample.dtype):
         raise DataError("sample_id must be an integer column", field="sample_id")
     sample_ids = sample.to_numpy(dtype=np.int64)
     reward = _column(responses, "reward", float)
-    if np.isinf(reward).any():
+    unfinished = np.flatnonzero(~np.isfinite(reward))  # one pass: most rewards are finite
+    unscored = int(np.isnan(reward[unfinished]).sum())
+    if unscored < len(unfinished):
         raise DataError("reward must be finite (NaN marks an unscored response)", field="reward")
 
-    order = np.lexsort((sample_ids, prompt_codes))
-    rows, sids = prompt_codes[order], sample_ids[order]
-    dup = np.flatnonzero((rows[1:] == rows[:-1]) & (sids[1:] == sids[:-1]))
-    if dup.size:
-        raise DataError(f"prompt {uniques[rows[dup[0]]]!r} has sample_id {sids[dup[0]]} twice",
-                        field="sample_id")
-    counts = np.bincount(rows, minlength=len(uniques))
-    starts = np.cumsum(counts) - counts
-    cols = np.arange(len(order)) - starts[rows]
-    shape = (len(uniques), int(counts.max()) if len(counts) else 0)
-
-    text_codes, _ = pd.factorize(responses["response"], sort=False)
+    total = len(responses)
+    if groups.starts is not None:  # runs of prompts: in order when sample ids rise in each
+        falls = np.flatnonzero(sample_ids[1:] <= sample_ids[:-1]) + 1
+        in_order = bool(np.isin(falls, groups.starts, assume_unique=True).all())
+    else:
+        rising = sample_ids[1:] > sample_ids[:-1]
+        codes = groups.codes(total)
+        step = codes[1:] - codes[:-1]
+        in_order = bool(((step > 0) | ((step == 0) & rising)).all())
+    order = None
+    if not in_order:
+        codes = groups.codes(total)
+        order = np.lexsort((sample_ids, codes))
+        rows, sids = codes[order], sample_ids[order]
+        dup = np.flatnonzero((rows[1:] == rows[:-1]) & (sids[1:] == sids[:-1]))
+        if dup.size:
+            raise DataError(f"prompt {groups.uniques[rows[dup[0]]]!r} has sample_id "
+                            f"{sids[dup[0]]} twice", field="sample_id")
+    counts = groups.counts(total)
+    shape = (len(groups.uniques), int(counts.max()) if len(counts) else 0)
+    flat = None
+    if not (counts == shape[1]).all():
+        rows = groups.codes(total) if order is None else rows
+        starts = np.cumsum(counts) - counts
+        flat = rows * shape[1] + np.arange(total) - starts[rows]
+    layout = _Layout(order=order, flat=flat, shape=shape)
+    row_index = layout.place(np.arange(total, dtype=np.int64), -1)
+    prompt_ids = groups.uniques
     matrix = ResponseMatrix(
-        rewards=_scatter(reward[order], rows, cols, shape, np.nan),
-        prompt_ids=np.asarray(uniques, dtype=object),
-        sample_ids=_scatter(sids, rows, cols, shape, -1),
-        text_codes=_scatter(text_codes.astype(np.int64)[order], rows, cols, shape, -1),
-        row_index=_scatter(order.astype(np.int64), rows, cols, shape, -1),
-        prompt_keys=pd.util.hash_array(np.asarray(uniques, dtype=object), categorize=False),
-        unscored=int(np.isnan(reward).sum()),
+        rewards=layout.place(reward, np.nan),
+        prompt_ids=prompt_ids,
+        sample_ids=layout.place(sample_ids, -1),
+        text_codes=_text_codes(responses, layout, row_index),
+        row_index=row_index,
+        prompt_keys=pd.util.hash_array(prompt_ids, categorize=False),
+        unscored=unscored,
     )
     if IMPLICIT_COLUMN in responses.columns:
-        implicit = _column(responses, IMPLICIT_COLUMN, float)
-        matrix.implicit = _scatter(implicit[order], rows, cols, shape, np.nan)
+        matrix.implicit = layout.place(_column(responses, IMPLICIT_COLUMN, float), np.nan)
     for name in (DATA_CHOSEN_COLUMN, DATA_REJECTED_COLUMN):
         if name in responses.columns:
             flags = responses[name].fillna(False).to_numpy(dtype=bool)
-            setattr(matrix, name, _scatter(flags[order], rows, cols, shape, False))
+            setattr(matrix, name, layout.place(flags, False))
     return matrix
 
 
