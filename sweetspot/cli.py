@@ -13,6 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from sweetspot import distributed
+from sweetspot.cache import worker_rank
 from sweetspot.config import config_dir
 from sweetspot.console import configure as configure_console
 from sweetspot.data import write_text
@@ -81,8 +83,17 @@ def hydra_main(cfg: DictConfig) -> float | None:
             log.exception("job failed")
             return None
         raise
-    print(summary(metrics, run_dir))
+    if closes_the_run():
+        print(summary(metrics, run_dir))
     return metrics.get("eval/win_rate")
+
+
+def closes_the_run() -> bool:
+    """Whether this process prints the closing summary: rank 0 alone. Under torchrun or srun
+    every rank returns from the pipeline; in a one-rank run, so does each worker that
+    Lightning's DDP launcher started at ``fit``."""
+    ranks = distributed.current()
+    return ranks.main if ranks.many else worker_rank() == 0
 
 
 def report_main(argv: list[str]) -> None:
