@@ -4,21 +4,24 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from sweetspot import distributed
 from sweetspot.cache import worker_rank
 from sweetspot.config import config_dir
 from sweetspot.console import configure as configure_console
 from sweetspot.data import write_text
-from sweetspot.errors import SweetspotError
+from sweetspot.errors import ConfigError, SweetspotError
 
 log = logging.getLogger("sweetspot")
 
@@ -60,6 +63,7 @@ def summary(metrics: dict, run_dir: Path) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    restore_full_error()  # the job's own errors: Hydra's usual report (see run_hydra)
     configure_console(bool(cfg.get("verbose", False)))  # before the pipeline imports anything
     from sweetspot.rounds import run_rounds  # rounds=1 (default): the plain pipeline
 
@@ -96,6 +100,54 @@ def closes_the_run() -> bool:
     return ranks.main if ranks.many else worker_rank() == 0
 
 
+FULL_ERROR = "HYDRA_FULL_ERROR"
+_user_full_error: list[str | None] = []  # the user's HYDRA_FULL_ERROR while run_hydra composes
+
+
+def restore_full_error() -> None:
+    """Put back the HYDRA_FULL_ERROR that ``run_hydra`` replaced (once; no-op otherwise)."""
+    if not _user_full_error:
+        return
+    user = _user_full_error.pop()
+    if user is None:
+        os.environ.pop(FULL_ERROR, None)
+    else:
+        os.environ[FULL_ERROR] = user
+
+
+def run_hydra() -> None:
+    """``hydra_main``, with a value the schema refuses at composition (``sampler.n=eight``, a
+    key a typed node lacks) reported like every config error: the field named, exit status 2.
+    Hydra prints composition errors itself and exits 1 unless HYDRA_FULL_ERROR=1, which lets
+    the exception reach here: it is set while Hydra composes, and ``hydra_main`` puts the
+    user's value back as the job starts, so errors of the job are reported as before. Other
+    composition errors (an unknown option) keep Hydra's message and exit status 1."""
+    user = os.environ.get(FULL_ERROR)
+    _user_full_error.append(user)
+    os.environ[FULL_ERROR] = "1"
+    try:
+        hydra_main()
+    except CompactHydraException as e:
+        if user == "1":
+            raise
+        cause = e.__cause__
+        key = getattr(cause, "full_key", None)
+        if isinstance(e, ConfigCompositionException) and isinstance(
+            cause, OmegaConfBaseException
+        ) and key:
+            message = str(cause).strip().splitlines()[0]
+            override = str(e).strip().splitlines()[:1]  # Hydra's line naming the override
+            where = f" ({override[0]})" if override else ""
+            print(f"sweetspot: {ConfigError(key, message)}{where}", file=sys.stderr)
+            sys.exit(2)
+        print(e, file=sys.stderr)  # as Hydra reports it
+        if isinstance(cause, OmegaConfBaseException):
+            print(cause, file=sys.stderr)
+        sys.exit(1)
+    finally:
+        restore_full_error()
+
+
 def report_main(argv: list[str]) -> None:
     from sweetspot.report import write_sweep_report
 
@@ -111,4 +163,4 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "report":
         report_main(sys.argv[2:])
         return
-    hydra_main()
+    run_hydra()

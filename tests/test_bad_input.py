@@ -6,13 +6,16 @@ docs/bad_input.md lists the same cases with their behaviour; keep the two in ste
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from sweetspot.cli import main
 from sweetspot.config import validate
 from sweetspot.errors import ConfigError, DataError, SweetspotError
 from sweetspot.models import ModelSpec, Policy, load_tokenizer, resolve_model_dir
@@ -88,6 +91,31 @@ def test_config_errors_name_the_field(override: str, field: str, make_cfg) -> No
     with pytest.raises(ConfigError) as info:
         validate(make_cfg("experiment=tiny", "logger=csv", override))
     assert info.value.field.startswith(field), info.value
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("sampler.n=eight", "sampler.n"),   # the schema types every field at composition
+    ("trainer.lr=fast", "trainer.lr"),
+    ("sampler.nn=3", "sampler.nn"),     # not a field of the sampler's class
+])
+def test_cli_reports_a_refused_override_as_a_config_error(
+    override: str, field: str, cache_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Hydra refuses these while composing, before the job starts; the command line still
+    names the field and exits 2, like a config error found by validation, and leaves Hydra's
+    HYDRA_FULL_ERROR as it found it."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["sweetspot", "experiment=tiny", override,
+                                      f"hydra.run.dir={run_dir}"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sweetspot: config error at '{field}'")
+    assert err.count("\n") == 1  # one line, no traceback
+    assert "HYDRA_FULL_ERROR" not in os.environ
+    assert not run_dir.exists()  # nothing ran
 
 
 def test_checkpoint_that_does_not_exist(cache_dir: Path) -> None:
