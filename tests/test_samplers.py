@@ -9,6 +9,7 @@ import json
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -503,7 +504,8 @@ class _Flaky(BaseHTTPRequestHandler):
         if self.path != "/v1/chat/completions":
             self._send(404, {"error": {"message": f"no route {self.path}"}})
         elif count <= server.failures:
-            self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
+            self._send(429, {"error": {"message": "slow down"}},
+                       {"Retry-After": server.retry_after})
         elif body.get("model") == "missing":
             self._send(404, {"error": {"message": "model 'missing' not found"}})
         else:
@@ -540,7 +542,7 @@ class _Flaky(BaseHTTPRequestHandler):
 def flaky_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
     server.lock, server.count, server.failures = threading.Lock(), 0, 1
-    server.bodies, server.auth = [], []
+    server.bodies, server.auth, server.retry_after = [], [], "0"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -567,6 +569,19 @@ def test_openai_retries_429_then_succeeds(flaky_server, tmp_path):
     assert table["num_tokens"].isna().all()  # n choices, no logprobs: unknown per choice
     assert table["logp"].isna().all()
     assert flaky_server.bodies[-1]["n"] == 3 and "logprobs" not in flaky_server.bodies[-1]
+
+
+def test_openai_waits_as_long_as_retry_after_says_up_to_the_cap(flaky_server):
+    """Backoff 0: the waits come from the server's Retry-After alone, cut at max_backoff_s."""
+    flaky_server.failures, flaky_server.retry_after = 2, "0.3"
+    kwargs = {"base_url": _url(flaky_server), "model": "m", "backoff_s": 0.0, "concurrency": 1}
+    started = time.perf_counter()
+    OpenAISampler(**kwargs).sample(PROMPTS.iloc[:1])
+    assert time.perf_counter() - started >= 0.6  # two waits of 0.3 s
+    flaky_server.count = 0
+    started = time.perf_counter()
+    OpenAISampler(**kwargs, max_backoff_s=0.01).sample(PROMPTS.iloc[:1])
+    assert time.perf_counter() - started < 0.5 and flaky_server.count == 3
 
 
 def test_openai_n_requests_logprobs_and_api_key(flaky_server, monkeypatch):

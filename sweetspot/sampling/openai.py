@@ -9,7 +9,7 @@ seeds do not depend on the shard or on the order of the prompts; whether a serve
 is up to the server.
 
 At most ``concurrency`` requests are in flight (a thread pool over one connection pool). 429, 5xx,
-timeouts and connection errors are retried ``max_retries`` times with exponential backoff
+timeouts and connection errors are retried ``max_retries`` times (tenacity) with exponential backoff
 (``backoff_s * 2**attempt``, capped at ``max_backoff_s``; a ``Retry-After`` header wins when it is
 shorter than the cap); then a :class:`SweetspotError` names the URL. Other 4xx answers are not
 retried: their message is shown as the server sent it (``on_bad_request: skip`` turns a 400 into
@@ -36,6 +36,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from sweetspot.data import as_messages
 from sweetspot.errors import ConfigError, SweetspotError
@@ -47,6 +54,15 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 SEED_MODULUS = 2**31
+
+
+class _Retryable(Exception):
+    """An attempt that may succeed if tried again (429, 5xx, a timeout, a dropped connection);
+    ``retry_after`` is the server's ``Retry-After`` in seconds when it sent one."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class BadRequest(SweetspotError):
@@ -160,49 +176,70 @@ class OpenAISampler(Sampler):
         return headers
 
     def _post(self, client: Any, body: dict, stop: threading.Event) -> dict:
-        """POST with retries; returns the decoded JSON answer."""
+        """POST with retries (tenacity: exponential backoff, ``Retry-After`` honoured up to the
+        cap, sleeping on ``stop`` so a failed sibling request cancels the wait); returns the
+        decoded JSON answer, or raises :class:`SweetspotError` naming the URL and the attempts."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self._delay,
+            retry=retry_if_exception_type(_Retryable),
+            sleep=stop.wait,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, client, body, stop)
+        except _Retryable as e:
+            raise SweetspotError(
+                f"the OpenAI-compatible server at {self.url} did not answer after "
+                f"{self.max_retries + 1} attempts (last: {e}); is it running, and is "
+                f"sampler.base_url right?"
+            ) from None
+
+    def _attempt(self, client: Any, body: dict, stop: threading.Event) -> dict:
+        """One POST: the JSON answer, :class:`_Retryable` when trying again may help, or
+        :class:`BadRequest` when it would not."""
         import httpx
 
-        last = "no attempt made"
-        for attempt in range(self.max_retries + 1):
-            if stop.is_set():
-                raise SweetspotError("cancelled")
-            retry_after = None
+        if stop.is_set():
+            raise SweetspotError("cancelled")
+        try:
+            resp = client.post(self.url, json=body, headers=self._headers())
+        except httpx.TransportError as e:  # connect/read errors and timeouts
+            raise _Retryable(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
+        if resp.status_code == 200:
             try:
-                resp = client.post(self.url, json=body, headers=self._headers())
-            except httpx.TransportError as e:  # connect/read errors and timeouts
-                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            else:
-                if resp.status_code == 200:
-                    try:
-                        return resp.json()
-                    except ValueError:
-                        last = f"HTTP 200 with a body that is not JSON: {resp.text[:200]!r}"
-                elif resp.status_code in RETRY_STATUS:
-                    last = f"HTTP {resp.status_code}: {_server_message(resp)}"
-                    retry_after = _retry_after(resp.headers.get("retry-after"))
-                else:
-                    raise BadRequest(
-                        f"{self.url} answered HTTP {resp.status_code}: {_server_message(resp)}",
-                        resp.status_code,
-                    )
-            if attempt == self.max_retries:
-                break
-            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-            if retry_after is not None:
-                delay = min(max(delay, retry_after), self.max_backoff_s)
-            log.warning(
-                "openai sampler: %s (attempt %d/%d), retrying in %.1fs",
-                last,
-                attempt + 1,
-                self.max_retries + 1,
-                delay,
+                return resp.json()
+            except ValueError:
+                raise _Retryable(
+                    f"HTTP 200 with a body that is not JSON: {resp.text[:200]!r}"
+                ) from None
+        if resp.status_code in RETRY_STATUS:
+            raise _Retryable(
+                f"HTTP {resp.status_code}: {_server_message(resp)}",
+                _retry_after(resp.headers.get("retry-after")),
             )
-            stop.wait(delay)
-        raise SweetspotError(
-            f"the OpenAI-compatible server at {self.url} did not answer after "
-            f"{self.max_retries + 1} attempts (last: {last}); is it running, and is "
-            f"sampler.base_url right?"
+        raise BadRequest(
+            f"{self.url} answered HTTP {resp.status_code}: {_server_message(resp)}",
+            resp.status_code,
+        )
+
+    def _delay(self, state: RetryCallState) -> float:
+        """Seconds before the next attempt: ``backoff_s * 2**attempt`` capped at
+        ``max_backoff_s``; a longer ``Retry-After`` raises it, never above the cap."""
+        delay = wait_exponential(multiplier=self.backoff_s, max=self.max_backoff_s)(state)
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, _Retryable) and error.retry_after is not None:
+            delay = min(max(delay, error.retry_after), self.max_backoff_s)
+        return delay
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        log.warning(
+            "openai sampler: %s (attempt %d/%d), retrying in %.1fs",
+            state.outcome.exception() if state.outcome is not None else "?",
+            state.attempt_number,
+            self.max_retries + 1,
+            state.upcoming_sleep,
         )
 
     # -- answers -------------------------------------------------------------------------------
