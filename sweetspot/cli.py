@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -148,19 +149,55 @@ def run_hydra() -> None:
         restore_full_error()
 
 
-def report_main(argv: list[str]) -> None:
+def report_command(args: argparse.Namespace) -> None:
+    """``sweetspot report DIR``: rebuild a run's or a sweep's report and print it."""
     from sweetspot.report import write_sweep_report
 
-    if len(argv) != 1:
-        print("usage: sweetspot report DIR  (a run folder or a multirun folder)", file=sys.stderr)
-        sys.exit(2)
-    path = write_sweep_report(argv[0])
+    path = write_sweep_report(args.dir)
     print(path.read_text())
     print(f"written: {path} and {path.with_suffix('.csv')}")
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "report":
-        report_main(sys.argv[2:])
+def command_parser() -> argparse.ArgumentParser:
+    """The subcommands. Anything else on the command line goes to Hydra unchanged."""
+    parser = argparse.ArgumentParser(
+        prog="sweetspot",
+        description="Without a subcommand, sweetspot runs the pipeline: `sweetspot key=value ...` "
+        "(Hydra overrides; `sweetspot --help` lists the config groups, `-m` sweeps).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    report = commands.add_parser(
+        "report",
+        help="write and print the report of a run or multirun folder",
+        description="Write report.md, report.csv (and plots) for a run folder or a multirun "
+        "folder (its numbered jobs), then print report.md.",
+    )
+    report.add_argument("dir", type=Path, help="a run folder or a multirun folder")
+    report.set_defaults(run=report_command, parser=report)
+    return parser
+
+
+SUBCOMMANDS = ("report",)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``sweetspot report DIR`` goes to its subcommand; every other command line to Hydra."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in SUBCOMMANDS:
+        parsed = command_parser().parse_args(args)
+        if not parsed.dir.is_dir():
+            parsed.parser.error(f"{parsed.dir} is not a folder")
+        try:
+            parsed.run(parsed)
+        except FileNotFoundError as e:  # a folder without run folders
+            parsed.parser.error(str(e))
         return
-    run_hydra()
+    if argv is None:
+        run_hydra()
+        return
+    saved = sys.argv  # Hydra reads its command line from sys.argv
+    sys.argv = [saved[0], *argv]
+    try:
+        run_hydra()
+    finally:
+        sys.argv = saved

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
+from tabulate import tabulate
 
 from sweetspot import stats
 from sweetspot.data import read_table, write_text
@@ -30,11 +31,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _cell(v: Any) -> str:
+    """A value as one Markdown table cell: formatted, on one line, its pipes escaped."""
+    return " ".join(_fmt(v).split("\n")).replace("|", "\\|")
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    """A GitHub Markdown table (tabulate) of ``columns`` of ``rows``; missing cells are empty.
+
+    Cells are formatted here (``_fmt``), so tabulate must not re-parse them as numbers.
+    """
+    cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
+    return tabulate(cells, headers=columns, tablefmt="github", disable_numparse=True) + "\n"
 
 
 def _num(v: Any, signed: bool = False) -> str:
@@ -84,10 +92,8 @@ def headline(metrics: dict[str, Any]) -> str:
                      ""))
     parts = ["## Headline\n"]
     if rows:
-        table = ["| | trained | reference | trained - reference | 95% CI |",
-                 "|---|---|---|---|---|"]
-        table += ["| " + " | ".join(r) + " |" for r in rows]
-        parts.append("\n".join(table) + "\n")
+        columns = ["", "trained", "reference", "trained - reference", "95% CI"]
+        parts.append(markdown_table([dict(zip(columns, r, strict=True)) for r in rows], columns))
         n = m.get("eval/prompts")
         notes = [f"On {n} held-out prompts; intervals: paired bootstrap over prompts "
                  f"({stats.RESAMPLES:,} resamples)." if n is not None else ""]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -13,7 +14,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from sweetspot.report import configurations, stack_dots, write_run_report, write_sweep_report
+from sweetspot.report import (
+    configurations,
+    markdown_table,
+    stack_dots,
+    write_run_report,
+    write_sweep_report,
+)
 
 T_975_DF2 = 4.302652729911275  # t quantile for 3 seeds, from tables
 
@@ -126,3 +133,33 @@ def test_sweep_groups_seeds_into_configurations(tmp_path: Path) -> None:
     assert "ValueError: boom" in text
     for name in ("win_rate_vs_n.png", "reward_delta_vs_n.png"):
         assert (sweep / name).is_file() and f"({name})" in text
+
+
+def test_markdown_table_keeps_each_row_on_one_line_with_its_cells() -> None:
+    rows = [{"job": "0", "status": "ok", "value": 0.123456},
+            {"job": "1", "status": "failed", "error": "ValueError: a|b\nsecond line"}]
+    text = markdown_table(rows, ["job", "status", "value", "error"])
+    lines = text.splitlines()
+    assert len(lines) == 4 and set(lines[1]) <= {"|", "-", ":"}
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+    assert cells[0] == ["job", "status", "value", "error"]
+    assert cells[2] == ["0", "ok", "0.1235", ""]
+    assert cells[3] == ["1", "failed", "", "ValueError: a\\|b second line"]
+
+
+def test_report_subcommand_prints_the_sweep_report_and_has_help(tmp_path: Path, capsys) -> None:
+    from sweetspot.cli import main
+
+    make_job(tmp_path / "sweep" / "0", ["selection=max_min"], {"select/pairs": 3})
+    make_job(tmp_path / "sweep" / "1", ["selection=sweet_spot"], None)
+    main(["report", str(tmp_path / "sweep")])
+    shown = capsys.readouterr().out
+    assert re.search(r"^\| 0 +\| ok +\| max_min +\|", shown, re.M)
+    assert re.search(r"^\| 1 +\| failed +\| sweet_spot +\|", shown, re.M)
+    assert (tmp_path / "sweep" / "report.csv").is_file()
+    with pytest.raises(SystemExit) as done:
+        main(["report", "--help"])
+    assert done.value.code == 0 and "run folder or a multirun folder" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["report", str(tmp_path / "missing")])
+    assert done.value.code == 2 and "is not a folder" in capsys.readouterr().err
