@@ -19,7 +19,7 @@ from sweetspot.selection.augment import AugmentOptions
 from sweetspot.selection.base import PAIR_COLUMNS
 from sweetspot.selection.common import PairArrays, parse_position
 from sweetspot.selection.margin import Margin, clipped_probability, fuse, search_upper
-from sweetspot.selection.matrix import ResponseMatrix, build_matrix, reward_matrix
+from sweetspot.selection.matrix import ResponseMatrix, build_matrix
 from sweetspot.selection.positions import Positions, Recipe, random_keys
 from sweetspot.selection.routing import Routing
 
@@ -391,14 +391,22 @@ def test_composition_filters_count_their_drops():
 
 
 # ------------------------------------------------------------------------------ matrix and I/O
-def test_reward_matrix_layout():
+def test_matrix_layout():
     df = frame({"a": [1.0, np.nan, 3.0], "b": [5.0]}, sample_ids={"a": [7, 2, 4], "b": [0]})
-    pids, rewards, sids, codes = reward_matrix(df)
+    m = build_matrix(df)
+    pids, rewards, sids, codes = m.prompt_ids, m.rewards, m.sample_ids, m.text_codes
     order = {p: i for i, p in enumerate(pids)}
     np.testing.assert_array_equal(sids[order["a"]], [2, 4, 7])
     np.testing.assert_array_equal(rewards[order["a"]], [np.nan, 3.0, 1.0])
     np.testing.assert_array_equal(sids[order["b"]], [0, -1, -1])
     assert codes[order["b"], 1] == -1 and len(set(codes[order["a"]])) == 3
+    assert m.unscored == 1  # the NaN reward, not the padding
+    # each cell points back at its source row: same prompt, same sample id, same reward
+    for p, i in order.items():
+        for j in np.flatnonzero(sids[i] >= 0):
+            source = df.iloc[m.row_index[i, j]]
+            assert (source["prompt_id"], source["sample_id"]) == (p, sids[i, j])
+            np.testing.assert_equal(source["reward"], rewards[i, j])
 
 
 def test_bad_data_is_named():

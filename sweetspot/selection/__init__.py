@@ -9,12 +9,12 @@ from sweetspot.selection.augment import AugmentOptions
 from sweetspot.selection.base import PAIR_COLUMNS, SelectionResult, SelectionStrategy
 from sweetspot.selection.common import PairArrays, PairStrategy, parse_position
 from sweetspot.selection.margin import Margin
-from sweetspot.selection.matrix import ResponseMatrix, build_matrix, reward_matrix
+from sweetspot.selection.matrix import ResponseMatrix, build_matrix
 from sweetspot.selection.positions import Positions, Recipe
 from sweetspot.selection.routing import Routing
 
 __all__ = [
     "PAIR_COLUMNS", "AugmentOptions", "Margin", "PairArrays", "PairStrategy", "Positions",
     "Recipe", "ResponseMatrix", "Routing", "SelectionResult", "SelectionStrategy",
-    "build_matrix", "parse_position", "reward_matrix",
+    "build_matrix", "parse_position",
 ]
