@@ -31,7 +31,7 @@ from typing import Any
 from filelock import FileLock
 
 from sweetspot.distributed import SOLO, Ranks
-from sweetspot.errors import SweetspotError
+from sweetspot.errors import DataError, SweetspotError
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,20 @@ def stage_key(stage: str, config: Any, inputs: list[str]) -> str:
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, or of a folder's files (relative names and contents, in name
+    order): the one file hash of the project (cache entries' checksums, task and offline-data
+    fingerprints), read in chunks so a large dataset never sits in memory whole."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found", path=str(path))
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            h.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
     return h.hexdigest()
 
 

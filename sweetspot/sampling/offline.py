@@ -45,7 +45,6 @@ that i beats j), optionally restricted to some prompt ids.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -56,6 +55,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sweetspot.cache import file_sha256
 from sweetspot.data import as_messages, read_jsonl
 from sweetspot.errors import DataError
 from sweetspot.sampling.base import RESPONSE_COLUMNS, Sampler
@@ -147,7 +147,7 @@ class OfflineSampler(Sampler):
 
     def cache_config(self) -> dict:
         config = super().cache_config()
-        config["content_sha256"] = content_hash(Path(self.path).expanduser())
+        config["content_sha256"] = file_sha256(Path(self.path).expanduser())
         return config
 
     # -- the pipeline's entry points -----------------------------------------------------------
@@ -273,6 +273,12 @@ class OfflineSampler(Sampler):
                 f"{layout} layout (score_chosen_field and score_rejected_field are read)",
             )
             return self._parse_pairs(rows, layout)
+        return self._parse_responses(rows)
+
+    # -- the responses layout ------------------------------------------------------------------
+
+    def _parse_responses(self, rows: list[dict]) -> OfflineData:
+        """One row per prompt with its list of responses (and score lists, comparisons)."""
         explicit_scores = self.score_fields is not None
         score_fields = self.score_fields if explicit_scores else {"score": "scores"}
         found = dict.fromkeys(score_fields, False)
@@ -297,59 +303,54 @@ class OfflineSampler(Sampler):
             total = len(texts)
             if self.n is not None:
                 texts, items = texts[: self.n], items[: self.n]
-            columns: dict[str, list[float]] = {}
-            for column, key in score_fields.items():
-                values = self._scores(row, items, key, len(texts), where, column)
-                if values is None:
-                    columns[column] = [math.nan] * len(texts)
-                    if texts:
-                        stats[f"offline/nan_scores/{column}"] += len(texts)
-                    continue
-                found[column] = True
-                columns[column] = values
-                stats[f"offline/nan_scores/{column}"] += sum(math.isnan(v) for v in values)
+            columns = self._score_columns(row, items, len(texts), score_fields, where, found, stats)
             comparisons.extend(self._comparisons(row, pid, total, len(texts), where))
             prompts.append({"prompt_id": pid, "prompt": messages, "split": "train"})
-            if not texts:
-                stats["offline/prompts_without_responses"] += 1
-            for k, text in enumerate(texts):
-                stats["offline/empty_responses"] += text == ""
-                responses.append(
-                    {
-                        "prompt_id": pid,
-                        "sample_id": k,
-                        "response": text,
-                        "num_tokens": None,
-                        "finish_reason": "offline",
-                        "logp": math.nan,
-                        "skip_reason": None,
-                        **{c: v[k] for c, v in columns.items()},
-                    }
-                )
-        if explicit_scores:
-            for column, ok in found.items():
-                if not ok:
-                    raise DataError(
-                        f"score_fields.{column} = {score_fields[column]!r} was found in no row",
-                        path=self.path,
-                        field=score_fields[column],
-                    )
-        else:
-            for column, ok in found.items():  # the default 'scores' field is optional
-                if not ok:
-                    stats.pop(f"offline/nan_scores/{column}")
+            responses.extend(_response_rows(pid, texts, columns, stats))
+        self._check_score_fields(score_fields, found, stats)
         score_columns = [c for c in score_fields if explicit_scores or found[c]]
-        table = pd.DataFrame(
-            responses,
-            columns=[*RESPONSE_COLUMNS, *score_fields],
-        )
-        table = table.drop(columns=[c for c in score_fields if c not in score_columns])
-        table["sample_id"] = table["sample_id"].astype("int64")
-        table["num_tokens"] = table["num_tokens"].astype("Int64")
-        table["logp"] = table["logp"].astype(float)
-        for column in score_columns:
-            table[column] = table[column].astype(float)
+        table = _responses_table(responses, list(score_fields), score_columns)
         return _finish(prompts, table, comparisons, stats)
+
+    def _score_columns(
+        self,
+        row: dict,
+        items: list[Any],
+        count: int,
+        score_fields: dict[str, str],
+        where: dict,
+        found: dict[str, bool],
+        stats: dict[str, int],
+    ) -> dict[str, list[float]]:
+        """Each score column's values for one row's ``count`` responses (NaN where the row has
+        none, counted); ``found`` records which columns some row had."""
+        columns: dict[str, list[float]] = {}
+        for column, key in score_fields.items():
+            values = self._scores(row, items, key, count, where, column)
+            if values is None:
+                columns[column] = [math.nan] * count
+                stats[f"offline/nan_scores/{column}"] += count
+                continue
+            found[column] = True
+            columns[column] = values
+            stats[f"offline/nan_scores/{column}"] += sum(math.isnan(v) for v in values)
+        return columns
+
+    def _check_score_fields(
+        self, score_fields: dict[str, str], found: dict[str, bool], stats: dict[str, int]
+    ) -> None:
+        """A score field the user named must occur in some row; the default ``scores`` field is
+        optional (its count is dropped when no row has it)."""
+        for column, ok in found.items():
+            if ok:
+                continue
+            if self.score_fields is not None:
+                raise DataError(
+                    f"score_fields.{column} = {score_fields[column]!r} was found in no row",
+                    path=self.path,
+                    field=score_fields[column],
+                )
+            stats.pop(f"offline/nan_scores/{column}")
 
     # -- pair layouts ----------------------------------------------------------------------
 
@@ -370,24 +371,7 @@ class OfflineSampler(Sampler):
         has_scores = False
         for line, row in enumerate(rows, start=1):
             where = {"path": self.path, "line": line}
-            if not isinstance(row, dict):
-                raise DataError("each row must be an object", **where)
-            if layout == "pairs":
-                messages = self._prompt(row, where)
-                chosen = self._pair_response(row, self.chosen_field, messages, where)
-                rejected = self._pair_response(row, self.rejected_field, messages, where)
-            else:
-                messages, chosen = self._transcript(row, self.chosen_field, where)
-                other, rejected = self._transcript(row, self.rejected_field, where)
-                if other != messages:
-                    same = [a == b for a, b in zip(messages, other, strict=False)]
-                    turn = same.index(False) if False in same else len(same)
-                    raise DataError(
-                        f"the rejected transcript does not share the chosen one's prompt "
-                        f"(they differ at turn {turn + 1})",
-                        field=self.rejected_field,
-                        **where,
-                    )
+            messages, chosen, rejected = self._read_pair(row, layout, where)
             scores = []
             for name in (self.score_chosen_field, self.score_rejected_field):
                 raw = row.get(name, _ABSENT)
@@ -405,20 +389,46 @@ class OfflineSampler(Sampler):
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Group(pid, messages)
-                if explicit:
-                    ids.setdefault(pid, (key, line))
             else:
                 stats["offline/merged_rows"] += 1
-                if explicit:
-                    ids.setdefault(pid, (key, line))
+            if explicit:
+                ids.setdefault(pid, (key, line))
             c = group.add(chosen, scores[0], stats)
             r = group.add(rejected, scores[1], stats)
             if c == r:
                 stats["offline/identical_pairs"] += 1
                 continue
             group.comparisons.append((c, r))
+        return self._merged(list(groups.values()), has_scores, stats)
+
+    def _read_pair(self, row: Any, layout: str, where: dict) -> tuple[list[dict], str, str]:
+        """One row's (prompt messages, chosen text, rejected text), from a prompt field and two
+        responses (``pairs``) or from two transcripts that share their prompt (``transcripts``)."""
+        if not isinstance(row, dict):
+            raise DataError("each row must be an object", **where)
+        if layout == "pairs":
+            messages = self._prompt(row, where)
+            chosen = self._pair_response(row, self.chosen_field, messages, where)
+            rejected = self._pair_response(row, self.rejected_field, messages, where)
+            return messages, chosen, rejected
+        messages, chosen = self._transcript(row, self.chosen_field, where)
+        other, rejected = self._transcript(row, self.rejected_field, where)
+        if other != messages:
+            same = [a == b for a, b in zip(messages, other, strict=False)]
+            turn = same.index(False) if False in same else len(same)
+            raise DataError(
+                f"the rejected transcript does not share the chosen one's prompt "
+                f"(they differ at turn {turn + 1})",
+                field=self.rejected_field,
+                **where,
+            )
+        return messages, chosen, rejected
+
+    def _merged(self, groups: list[_Group], has_scores: bool, stats: dict[str, int]) -> OfflineData:
+        """The merged prompts as tables: the first ``n`` responses of each, the data's own pair
+        (its first comparison among them) flagged, and the comparisons among them."""
         prompts, responses, comparisons = [], [], []
-        for group in groups.values():
+        for group in groups:
             keep = len(group.texts) if self.n is None else min(self.n, len(group.texts))
             prompts.append({"prompt_id": group.pid, "prompt": group.messages, "split": "train"})
             kept = [(i, j) for i, j in group.comparisons if i < keep and j < keep]
@@ -668,6 +678,45 @@ def _common_counts() -> dict[str, int]:
     keys = ("prompts", "responses", "empty_responses", "prompts_without_responses", "comparisons")
     return {f"offline/{k}": 0 for k in keys}
 
+
+def _response_rows(
+    pid: str, texts: list[str], columns: dict[str, list[float]], stats: dict[str, int]
+) -> list[dict]:
+    """The responses table's rows of one prompt (its responses in file order)."""
+    if not texts:
+        stats["offline/prompts_without_responses"] += 1
+    rows = []
+    for k, text in enumerate(texts):
+        stats["offline/empty_responses"] += text == ""
+        rows.append(
+            {
+                "prompt_id": pid,
+                "sample_id": k,
+                "response": text,
+                "num_tokens": None,
+                "finish_reason": "offline",
+                "logp": math.nan,
+                "skip_reason": None,
+                **{c: v[k] for c, v in columns.items()},
+            }
+        )
+    return rows
+
+
+def _responses_table(
+    responses: list[dict], score_fields: list[str], score_columns: list[str]
+) -> pd.DataFrame:
+    """The rows as a typed responses table holding the score columns some row had."""
+    table = pd.DataFrame(responses, columns=[*RESPONSE_COLUMNS, *score_fields])
+    table = table.drop(columns=[c for c in score_fields if c not in score_columns])
+    table["sample_id"] = table["sample_id"].astype("int64")
+    table["num_tokens"] = table["num_tokens"].astype("Int64")
+    table["logp"] = table["logp"].astype(float)
+    for column in score_columns:
+        table[column] = table[column].astype(float)
+    return table
+
+
 def _finish(
     prompts: list[dict], table: pd.DataFrame, comparisons: list[dict], stats: dict[str, int]
 ) -> OfflineData:
@@ -799,18 +848,3 @@ def _to_float(value: Any, where: dict, label: str) -> float:
             f"a score must be a number, got {type(value).__name__}", field=label, **where
         ) from None
     return number if math.isfinite(number) else math.nan
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents) in name order."""
-    digest = hashlib.sha256()
-    if not path.exists():
-        raise DataError("file not found", path=str(path))
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from sweetspot.cache import file_sha256
 from sweetspot.tasks.base import Task
 
 
@@ -17,8 +18,7 @@ class IFEvalMini(Task):
         return self.limit(load_ifeval_mini())
 
     def fingerprint(self) -> dict:
-        import hashlib
-        from importlib.resources import files
+        from importlib.resources import as_file, files
 
-        data = files("sweetspot.tasks.data").joinpath("ifeval_mini.jsonl").read_bytes()
-        return {"sha256": hashlib.sha256(data).hexdigest()}
+        with as_file(files("sweetspot.tasks.data").joinpath("ifeval_mini.jsonl")) as path:
+            return {"sha256": file_sha256(path)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sweetspot.cache import file_sha256
 from sweetspot.data import as_messages, read_jsonl
 from sweetspot.errors import DataError
 from sweetspot.tasks.base import Task
@@ -40,7 +40,7 @@ class FileTask(Task):
         path = Path(self.path)
         if not path.is_file():
             raise DataError("file not found", path=self.path)
-        return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        return {"sha256": file_sha256(path)}
 
     def _rows(self) -> list[dict]:
         if self.path.endswith(".parquet"):
