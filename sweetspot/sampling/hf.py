@@ -41,6 +41,41 @@ def prompt_seed(seed: int, prompt_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+@dataclass
+class _Decoded:
+    """What decoding drew for every row of a batch (row = prompt * N + k), on the CPU."""
+
+    tokens: torch.Tensor  # long [rows, max_new_tokens], pad after a row's last token
+    logp: torch.Tensor  # float64 [rows], the drawn tokens' summed log-probabilities
+    length: torch.Tensor  # long [rows], tokens drawn, EOS included
+    stopped: torch.Tensor  # bool [rows], the row drew EOS
+
+    @classmethod
+    def empty(cls, rows: int, max_new_tokens: int, pad: int) -> _Decoded:
+        return cls(
+            tokens=torch.full((rows, max_new_tokens), pad, dtype=torch.long),
+            logp=torch.zeros(rows, dtype=torch.float64),
+            length=torch.zeros(rows, dtype=torch.long),
+            stopped=torch.zeros(rows, dtype=torch.bool),
+        )
+
+    def record(
+        self,
+        live: torch.Tensor,
+        step: int,
+        choice: torch.Tensor,
+        token_logp: torch.Tensor,
+        eos: torch.Tensor,
+    ) -> torch.Tensor:
+        """Store step ``step``'s tokens of the ``live`` rows; returns which of them drew EOS."""
+        self.tokens[live, step] = choice.cpu()
+        self.logp[live] += token_logp.double().cpu()
+        self.length[live] += 1
+        hit_eos = torch.isin(choice, eos).cpu()
+        self.stopped[live[hit_eos]] = True
+        return hit_eos
+
+
 @dataclass(kw_only=True)
 class GenerationSettings:
     """How responses are drawn; shared by the sample stage and evaluation (which may use n=1)."""
@@ -87,9 +122,19 @@ class GenerationSettings:
 
     @torch.inference_mode()
     def _generate(self, batch: list[tuple[str, list[int]]], tok: Any, model: Any) -> list[dict]:
+        """N responses for each prompt of ``batch``: one shared prefill, then token by token."""
         device = next(model.parameters()).device
+        cache, logits, mask, next_pos = self._prefill(batch, tok.pad_token_id, model, device)
+        decoded = self._decode(batch, model, (cache, logits, mask, next_pos),
+                               _eos_ids(tok, model), tok.pad_token_id, device)
+        return self._rows(batch, tok, decoded)
+
+    def _prefill(
+        self, batch: list[tuple[str, list[int]]], pad: int, model: Any, device: torch.device
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward over the left-padded prompts; returns its KV cache, last logits,
+        attention mask and next position ids, each repeated N times (row = prompt * N + k)."""
         n, width = self.n, max(len(ids) for _, ids in batch)
-        pad = tok.pad_token_id
         input_ids = torch.tensor(
             [[pad] * (width - len(ids)) + ids for _, ids in batch], device=device
         )
@@ -109,26 +154,31 @@ class GenerationSettings:
         logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
         mask = mask.repeat_interleave(n, dim=0)
         next_pos = position[:, -1:].repeat_interleave(n, dim=0) + 1
+        return cache, logits, mask, next_pos
+
+    def _decode(
+        self,
+        batch: list[tuple[str, list[int]]],
+        model: Any,
+        state: tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor],
+        eos: torch.Tensor,
+        pad: int,
+        device: torch.device,
+    ) -> _Decoded:
+        """Draw up to ``max_new_tokens`` tokens per row from the prefill's ``state``; a row that
+        draws EOS leaves the batch (its KV cache row is dropped)."""
+        cache, logits, mask, next_pos = state
         generators = [
             torch.Generator(device=device).manual_seed(prompt_seed(self.seed, pid))
             for pid, _ in batch
         ]
-        rows_total = len(batch) * n
-        eos = _eos_ids(tok, model)
-        tokens = torch.full((rows_total, self.max_new_tokens), pad, dtype=torch.long)
-        logp = torch.zeros(rows_total, dtype=torch.float64)
-        length = torch.zeros(rows_total, dtype=torch.long)
-        stopped = torch.zeros(rows_total, dtype=torch.bool)
+        rows_total = len(batch) * self.n
+        done = _Decoded.empty(rows_total, self.max_new_tokens, pad)
         live = torch.arange(rows_total)  # the global row of each row still in the batch
         for step in range(self.max_new_tokens):
             uniforms = self._uniforms(live, generators, device)
             choice, token_logp = draw(logits, uniforms, self.temperature, self.top_p)
-            choice_cpu = choice.cpu()
-            tokens[live, step] = choice_cpu
-            logp[live] += token_logp.double().cpu()
-            length[live] += 1
-            hit_eos = torch.isin(choice, eos).cpu()
-            stopped[live[hit_eos]] = True
+            hit_eos = done.record(live, step, choice, token_logp, eos)
             if step == self.max_new_tokens - 1:
                 break
             if bool(hit_eos.any()):
@@ -150,20 +200,23 @@ class GenerationSettings:
             )
             cache, next_pos = out.past_key_values, next_pos + 1
             logits = out.logits[:, -1].float()
+        return done
+
+    def _rows(self, batch: list[tuple[str, list[int]]], tok: Any, done: _Decoded) -> list[dict]:
+        """The response rows (row = prompt * N + k), EOS cut from the text but counted."""
         rows = []
-        for row in range(rows_total):
-            pid = batch[row // n][0]
-            body = tokens[row, : length[row]].tolist()
-            if stopped[row]:
+        for row in range(len(batch) * self.n):
+            body = done.tokens[row, : done.length[row]].tolist()
+            if done.stopped[row]:
                 body = body[:-1]
             rows.append(
                 {
-                    "prompt_id": pid,
-                    "sample_id": row % n,
+                    "prompt_id": batch[row // self.n][0],
+                    "sample_id": row % self.n,
                     "response": tok.decode(body, skip_special_tokens=True),
-                    "num_tokens": int(length[row]),
-                    "finish_reason": "stop" if stopped[row] else "length",
-                    "logp": float(logp[row]),
+                    "num_tokens": int(done.length[row]),
+                    "finish_reason": "stop" if done.stopped[row] else "length",
+                    "logp": float(done.logp[row]),
                     "skip_reason": None,
                 }
             )
