@@ -1,8 +1,8 @@
 """DDP on this CPU machine: 2 processes (gloo, strategy=ddp, devices=2, accelerator cpu) with
 batch_size 2 each train exactly like 1 process with batch_size 4 on the same global batches.
 
-Both runs go through ``tests/train_worker.py`` in subprocesses (Lightning's DDP launcher
-re-executes the script once per extra process). 23 pairs make the last global batch 3 pairs,
+Both runs go through ``python -m tests.train_worker`` in subprocesses (Lightning's DDP launcher
+re-executes the module once per extra process). 23 pairs make the last global batch 3 pairs,
 split 2 + 1: the loss scale keeps that step's loss and gradient the global batch's mean.
 """
 
@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-WORKER = Path(__file__).parent / "train_worker.py"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def train(out: Path, cache: Path, *args: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, str(WORKER), "--out", str(out), "--cache", str(cache), "--pairs", "23",
-         "--full", "--lr", "1e-3", *args],
-        capture_output=True, text=True, timeout=150,
+        [sys.executable, "-m", "tests.train_worker", "--out", str(out), "--cache", str(cache),
+         "--pairs", "23", "--full", "--lr", "1e-3", *args],
+        capture_output=True, text=True, timeout=150, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "result.json").read_text())

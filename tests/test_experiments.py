@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,16 +113,13 @@ def test_tiny_variant_is_a_small_version_of_the_study(name: str) -> None:
         validate(compose_preset(f"{name}_tiny", *job))
 
 
-@pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One stage cache for the module: the tiny model is built and the prompts sampled once."""
-    return tmp_path_factory.mktemp("experiments-cache")
-
-
 @pytest.mark.parametrize("name", sorted(STUDIES))
-def test_tiny_variant_runs(name: str, shared_cache: Path, tmp_path: Path) -> None:
+def test_tiny_variant_runs(name: str, cache_dir: Path, tmp_path: Path) -> None:
+    """Every study's tiny sweep, for real, through the CLI; all of them share the session's
+    stage cache (conftest's ``cache_dir``), so the tiny model and the shared stages are built
+    once."""
     sweep_dir = tmp_path / "sweep"
-    env = {**os.environ, "SWEETSPOT_CACHE": str(shared_cache)}
+    env = {**os.environ, "SWEETSPOT_CACHE": str(cache_dir)}
     cmd = [
         sys.executable,
         "-m",
@@ -138,7 +136,7 @@ def test_tiny_variant_runs(name: str, shared_cache: Path, tmp_path: Path) -> Non
     assert (report["status"] == "ok").all(), report.get("error")
     markdown = (sweep_dir / "report.md").read_text()
     for job in report["job"]:
-        assert f"| {job} | ok |" in markdown
+        assert re.search(rf"^\| {job} +\| ok +\|", markdown, re.M), job
     swept = [f"override/{k}" for k, v in sweep_of(f"{name}_tiny").items() if len(v) > 1]
     assert len(report[swept].drop_duplicates()) == len(report)  # each job a different arm
     assert (report["select/pairs"] > 0).all()

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sweetspot.cache import StageCache
-from sweetspot.models import ModelSpec, Policy, TinyModelShape, load_causal_lm, resolve_model_dir
+from sweetspot.models import Policy, load_causal_lm
 from sweetspot.training import losses
 from sweetspot.training.config import LoraOptions, TrainerConfig
 from sweetspot.training.data import collate_prefix, collate_shared, tokenize_pairs
@@ -26,22 +26,22 @@ from sweetspot.training.logprobs import batch_logps, completion_logps
 from sweetspot.training.train import train_policy
 
 pytest.importorskip("trl")
-import train_worker  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
 from datasets import Dataset  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
+from tests.train_worker import synthetic_pairs  # noqa: E402
+
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[StageCache, Policy]:
-    cache = StageCache(tmp_path_factory.mktemp("parity-cache"))
-    spec = ModelSpec(source="tiny", tiny=TinyModelShape(init_seed=3))
-    return cache, Policy(spec, resolve_model_dir(spec, cache.root))
+def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_policy) -> tuple[StageCache, Policy]:
+    """The tiny policy of seed 3 (conftest) and this module's own stage cache."""
+    return StageCache(tmp_path_factory.mktemp("parity-cache")), tiny_policy(init_seed=3)
 
 
 def test_completion_logps_match_trl(tiny, tmp_path: Path) -> None:
     _, policy = tiny
     tok = policy.tokenizer
-    pairs, _ = tokenize_pairs(train_worker.synthetic_pairs(6, seed=5), tok, 256, 128)
+    pairs, _ = tokenize_pairs(synthetic_pairs(6, seed=5), tok, 256, 128)
     args = DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False,
                      precompute_ref_log_probs=True, gradient_checkpointing=False,
                      disable_tqdm=True, max_length=None)
@@ -83,7 +83,7 @@ def test_step0_loss_is_its_closed_form(tiny, tmp_path: Path, loss, expected, lor
     cache, policy = tiny
     cfg = TrainerConfig(batch_size=4, ref_batch_size=4, max_steps=1, warmup_ratio=0.0,
                         checkpoint_every_n_steps=0, lora=LoraOptions(enabled=lora))
-    metrics = train_policy(train_worker.synthetic_pairs(8), policy, cfg, loss, cache,
+    metrics = train_policy(synthetic_pairs(8), policy, cfg, loss, cache,
                            tmp_path, [])
     assert metrics["train/steps"] == 1
     assert metrics["train/first_loss"] == pytest.approx(expected, rel=1e-6, abs=1e-6)

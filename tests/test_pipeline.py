@@ -1,9 +1,14 @@
-"""The whole pipeline on the tiny model: through the compose API, the CLI, and a multirun."""
+"""The whole pipeline on the tiny model: through the compose API, the CLI, and a multirun.
+
+Config checks run in-process (the compose API, or ``sweetspot.cli.main`` where Hydra's own
+argument handling is what is tested); two tests start the real command: a multirun, and an
+invalid config's exit status."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +17,9 @@ import pandas as pd
 import pytest
 from transformers import AutoModelForCausalLM
 
+from sweetspot.cli import main
+from sweetspot.config import validate
+from sweetspot.errors import ConfigError
 from sweetspot.pipeline import run_pipeline
 
 TINY = ("experiment=tiny", "logger=csv")
@@ -62,40 +70,57 @@ def test_cli_multirun_samples_once(cache_dir: Path, tmp_path: Path) -> None:
     assert not jobs[1]["select"]["reused"]
 
 
-def test_cli_positions_and_cfg_job(cache_dir: Path, tmp_path: Path) -> None:
-    shown = subprocess.run([sys.executable, "-m", "sweetspot", "--cfg", "job", *TINY,
-                            "selection=positions", "selection.chosen=max",
-                            "selection.rejected=mu-1sigma"],
-                           capture_output=True, text=True, timeout=120)
-    assert shown.returncode == 0, shown.stderr
-    assert "rejected: mu-1sigma" in shown.stdout and "sampler:" in shown.stdout
-    helped = subprocess.run([sys.executable, "-m", "sweetspot", "--help"], capture_output=True,
-                            text=True, timeout=120)
+def test_cli_positions_and_cfg_job(capsys) -> None:
+    """The CLI's own argument handling (Hydra's ``--cfg job`` and ``--help``), in-process:
+    neither runs the job, so nothing but the command line is exercised."""
+    main(["--cfg", "job", *TINY, "selection=positions", "selection.chosen=max",
+          "selection.rejected=mu-1sigma"])
+    shown = capsys.readouterr().out
+    assert "rejected: mu-1sigma" in shown and "sampler:" in shown
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    helped = capsys.readouterr().out
     for group in ("selection:", "sampler:", "loss:", "experiment:"):
-        assert group in helped.stdout
+        assert group in helped
 
 
-@pytest.mark.parametrize(("override", "message"), [
+INVALID = [
     ("sampler.n=1", "sampler.n"),
     ("loss.beta=0", "loss.beta"),
     ("selection.rejected=mu-twosigma", "selection.rejected"),
     ("trainer.lr=-1", "trainer.lr"),
-])
-def test_invalid_config_fails_before_loading(override: str, message: str, cache_dir: Path,
+]
+
+
+@pytest.mark.parametrize(("override", "message"), INVALID)
+def test_invalid_config_fails_before_loading(override: str, message: str, make_cfg,
                                              tmp_path: Path) -> None:
+    cfg = make_cfg(*TINY, override)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_pipeline(cfg, tmp_path)
+    assert not (tmp_path / "responses.parquet").exists()
+
+
+def test_cli_exits_2_with_the_field_on_an_invalid_config(cache_dir: Path, tmp_path: Path) -> None:
+    """The one true command line run of an invalid config: exit status 2, the field named."""
+    override, message = INVALID[1]
     done = subprocess.run([sys.executable, "-m", "sweetspot", *TINY, override,
                            f"hydra.run.dir={tmp_path}"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2
     assert message in done.stderr + done.stdout
+    assert message in (tmp_path / "error.txt").read_text()
     assert not (tmp_path / "responses.parquet").exists()
 
 
-def test_unknown_option_is_rejected(cache_dir: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "sweetspot", *TINY, "selection=nonsense"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
-    assert "nonsense" in done.stderr
+def test_unknown_option_is_rejected(capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([*TINY, "selection=nonsense"])
+    assert done.value.code != 0
+    assert "nonsense" in capsys.readouterr().err
 
 
 def test_malformed_jsonl_names_file_and_line(make_cfg, tmp_path: Path) -> None:

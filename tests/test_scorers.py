@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from sweetspot.config import build_node
 from sweetspot.errors import ConfigError, DataError, SweetspotError
-from sweetspot.models import TinyModelShape, build_tiny_model, byte_level_tokenizer
+from sweetspot.models import TinyModelShape, build_tiny_model
 from sweetspot.scoring.column import ColumnScorer
 from sweetspot.scoring.ensemble import EnsembleScorer, normalise
 from sweetspot.scoring.implicit import ImplicitScorer
@@ -51,33 +51,9 @@ def messages(prompt) -> list[dict]:
 # reward_model
 
 
-def save_reward_model(path: Path, num_labels: int = 1, seed: int = 0, template: bool = True,
-                      config_pad: bool = True, tokenizer_pad: str | None = None):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    tok = byte_level_tokenizer()
-    if not template:
-        tok.chat_template = None
-    pad_id = tok.pad_token_id if config_pad else None
-    if tokenizer_pad is not None:
-        tok.pad_token = tokenizer_pad
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, num_labels=num_labels,
-                         pad_token_id=pad_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id)
-    torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(config)
-    with torch.no_grad():  # a head of unit scale, so that scores differ visibly between rows
-        model.score.weight.normal_(0.0, 1.0)
-    model.save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_reward_model(tmp_path_factory.mktemp("rm"))
+def rm_dir(tiny_reward_model) -> Path:
+    return tiny_reward_model()
 
 
 def unbatched_reward(path: Path, frame: pd.DataFrame, label: int = 0) -> np.ndarray:
@@ -140,8 +116,8 @@ def test_reward_model_non_finite_output_is_nan_and_counted(rm_dir: Path) -> None
     assert scorer.last_stats["nonfinite_scores"] == len(RESPONSES)
 
 
-def test_reward_model_label_index(tmp_path: Path) -> None:
-    path = save_reward_model(tmp_path / "two", num_labels=2)
+def test_reward_model_label_index(tiny_reward_model) -> None:
+    path = tiny_reward_model(num_labels=2)
     with pytest.raises(SweetspotError, match="2 outputs.*label_index"):
         RewardModelScorer(name_or_path=str(path), device="cpu").score(RESPONSES)
     got = RewardModelScorer(name_or_path=str(path), label_index=1, device="cpu").score(RESPONSES)
@@ -151,8 +127,8 @@ def test_reward_model_label_index(tmp_path: Path) -> None:
         RewardModelScorer(name_or_path=str(path), label_index=2, device="cpu").score(RESPONSES)
 
 
-def test_reward_model_without_chat_template(tmp_path: Path, rm_dir: Path) -> None:
-    path = save_reward_model(tmp_path / "bare", template=False)
+def test_reward_model_without_chat_template(tiny_reward_model, rm_dir: Path) -> None:
+    path = tiny_reward_model(template=False)
     with pytest.raises(SweetspotError, match=f"{path}.*no chat template.*template_fallback"):
         RewardModelScorer(name_or_path=str(path), device="cpu").score(RESPONSES)
     got = RewardModelScorer(name_or_path=str(path), template_fallback="chatml",
@@ -164,10 +140,10 @@ def test_reward_model_without_chat_template(tmp_path: Path, rm_dir: Path) -> Non
 
 
 @pytest.mark.parametrize("tokenizer_pad", [None, "<|im_end|>"])
-def test_reward_model_without_pad_token(tmp_path: Path, tokenizer_pad: str | None) -> None:
+def test_reward_model_without_pad_token(tiny_reward_model, tokenizer_pad: str | None) -> None:
     """No pad id in the model's config: the tokenizer's pad token is used unless it is EOS (a
     conversation may end with it); then rows are scored one at a time. Same scores either way."""
-    path = save_reward_model(tmp_path / "nopad", config_pad=False, tokenizer_pad=tokenizer_pad)
+    path = tiny_reward_model(config_pad=False, tokenizer_pad=tokenizer_pad)
     scorer = RewardModelScorer(name_or_path=str(path), batch_size=4, device="cpu")
     got = scorer.score(RESPONSES)["score/reward_model"]
     np.testing.assert_allclose(got, unbatched_reward(path, RESPONSES), atol=1e-5, rtol=0)
@@ -223,12 +199,9 @@ def test_reward_model_trust_remote_code_passed_only_when_true(monkeypatch, rm_di
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("implicit")
+def two_models(tiny_lm_dir) -> tuple[Path, Path]:
     shape = {"hidden_size": 32, "intermediate_size": 64, "max_position_embeddings": 512}
-    build_tiny_model(TinyModelShape(**shape, init_seed=1), root / "policy")
-    build_tiny_model(TinyModelShape(**shape, init_seed=2), root / "reference")
-    return root / "policy", root / "reference"
+    return tiny_lm_dir(**shape, init_seed=1), tiny_lm_dir(**shape, init_seed=2)
 
 
 def full_logps(path: Path, frame: pd.DataFrame) -> np.ndarray:

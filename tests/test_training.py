@@ -19,7 +19,7 @@ import torch
 from sweetspot.cache import StageCache
 from sweetspot.config import validate
 from sweetspot.errors import ConfigError
-from sweetspot.models import ModelSpec, Policy, load_causal_lm, resolve_model_dir
+from sweetspot.models import Policy, load_causal_lm
 from sweetspot.training import logprobs, train
 from sweetspot.training.config import LoraOptions, TrainerConfig
 from sweetspot.training.data import (
@@ -34,19 +34,16 @@ from sweetspot.training.data import (
     tokenize_pairs,
 )
 from sweetspot.training.losses import DPOLoss
+from tests.train_worker import synthetic_pairs
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_worker import synthetic_pairs  # noqa: E402
-
-WORKER = Path(__file__).parent / "train_worker.py"
+REPO = Path(__file__).resolve().parents[1]
 EXTRAS = {"chosen_reward": 1.0, "rejected_reward": 0.0, "weight": 1.0, "route_sft": False}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[StageCache, Policy]:
-    cache = StageCache(tmp_path_factory.mktemp("train-cache"))
-    spec = ModelSpec(source="tiny")
-    return cache, Policy(spec, resolve_model_dir(spec, cache.root))
+def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_policy) -> tuple[StageCache, Policy]:
+    """The tiny policy (conftest) and this module's own stage cache for reference log-probs."""
+    return StageCache(tmp_path_factory.mktemp("train-cache")), tiny_policy()
 
 
 def random_pairs(n: int, seed: int = 0, vocab: int = 256) -> list[TokenizedPair]:
@@ -315,7 +312,9 @@ def test_layout_falls_back_where_it_cannot_apply(tiny) -> None:
 
 def worker(out: Path, cache: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(WORKER), "--out", str(out), "--cache", str(cache), *args],
+        [sys.executable, "-m", "tests.train_worker", "--out", str(out), "--cache", str(cache),
+         *args],
+        cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

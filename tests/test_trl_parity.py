@@ -2,11 +2,11 @@
 
 TRL computes its losses inline in ``DPOTrainer._compute_loss``, right after the policy forward, so
 they can only be reached through a trainer and a model. The test builds a random-init tiny Llama
-and a word-level tokenizer in code (nothing is downloaded), a trainer per loss type with
-``precompute_ref_log_probs=True`` so that the reference log-probs are read from the batch: they
-are set to random values here. The policy's summed completion log-probs are computed
-independently from the same model's logits. TRL reduces with a batch mean, so per-pair values are
-compared through batches of one pair.
+and a word-level tokenizer in code (conftest's ``word_level_lm``; nothing is downloaded), a
+trainer per loss type with ``precompute_ref_log_probs=True`` so that the reference log-probs are
+read from the batch: they are set to random values here. The policy's summed completion log-probs
+are computed independently from the same model's logits. TRL reduces with a batch mean, so
+per-pair values are compared through batches of one pair.
 """
 
 from __future__ import annotations
@@ -16,42 +16,27 @@ import torch
 
 pytest.importorskip("trl")
 from datasets import Dataset  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from sweetspot.training import losses as L  # noqa: E402
 
-VOCAB = ["<pad>", "<eos>", "<unk>"] + [f"w{i}" for i in range(29)]
+VOCAB_SIZE = 32  # conftest.WORD_VOCAB: <pad>, <eos>, <unk>, w0 ... w28
 FIRST_WORD = 3
 NUM_PAIRS = 6
 REF_NOISE = 6.0  # spread of reference minus policy log-probs, in nats: beta * D spans both tails
 TOL = 1e-5
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>")
-
-
-def tiny_model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=64, initializer_range=0.5)
-    return LlamaForCausalLM(config)
-
-
-def make_trainer(tmp_path, loss_type: str, beta: float, label_smoothing: float) -> DPOTrainer:
+def make_trainer(word_level_lm, tmp_path, loss_type: str, beta: float,
+                 label_smoothing: float) -> DPOTrainer:
+    """A trainer on a fresh word-level tiny Llama (conftest's ``word_level_lm``)."""
+    tok, model = word_level_lm()
     args = DPOConfig(output_dir=str(tmp_path / loss_type), report_to=[], use_cpu=True,
                      loss_type=[loss_type], beta=beta, label_smoothing=label_smoothing,
                      precompute_ref_log_probs=True, gradient_checkpointing=False,
                      disable_tqdm=True)
     dataset = Dataset.from_dict({"prompt": ["w1 w2"], "chosen": [" w3"], "rejected": [" w4"]})
-    return DPOTrainer(model=tiny_model(), args=args, train_dataset=dataset,
-                      processing_class=tiny_tokenizer())
+    return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
 
 
 def random_pairs() -> list[dict]:
@@ -59,7 +44,7 @@ def random_pairs() -> list[dict]:
 
     def ids(low: int, high: int) -> list[int]:
         n = int(torch.randint(low, high, (1,), generator=g))
-        return torch.randint(FIRST_WORD, len(VOCAB), (n,), generator=g).tolist()
+        return torch.randint(FIRST_WORD, VOCAB_SIZE, (n,), generator=g).tolist()
 
     return [{"prompt_ids": ids(2, 6), "chosen_ids": ids(1, 7), "rejected_ids": ids(1, 7)}
             for _ in range(NUM_PAIRS)]
@@ -86,8 +71,9 @@ CASES = [  # TRL loss_type, sweetspot loss, beta, label_smoothing
 
 
 @pytest.mark.parametrize("loss_type, cls, beta, label_smoothing", CASES)
-def test_per_pair_loss_matches_trl(tmp_path, loss_type, cls, beta, label_smoothing):
-    trainer = make_trainer(tmp_path, loss_type, beta, label_smoothing)
+def test_per_pair_loss_matches_trl(word_level_lm, tmp_path, loss_type, cls, beta,
+                                   label_smoothing):
+    trainer = make_trainer(word_level_lm, tmp_path, loss_type, beta, label_smoothing)
     pairs = random_pairs()
     batch = trainer.data_collator(pairs)
     logps, lengths = summed_logps(trainer.model, batch)

@@ -1,7 +1,9 @@
 """A training run in its own process, for the tests that need one: DDP (Lightning relaunches
 this script once per extra process) and kill-and-resume (the test SIGKILLs it mid-epoch).
 
-    python tests/train_worker.py --out DIR --cache DIR [--devices 2 --strategy ddp] ...
+    python -m tests.train_worker --out DIR --cache DIR [--devices 2 --strategy ddp] ...
+
+(from the repository root; ``tests`` is a package).
 
 Rank 0 writes ``DIR/result.json`` (the global batch loss of every step, the metrics) and
 ``DIR/checkpoint`` (save_pretrained). ``--pause-after-step S`` writes ``DIR/paused`` once step S
