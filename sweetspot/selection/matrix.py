@@ -59,6 +59,11 @@ class ResponseMatrix:
     def shape(self) -> tuple[int, int]:
         return self.rewards.shape
 
+    def sample_id_at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        if self.sample_ids is None:
+            return cols.astype(np.int64)
+        return self.sample_ids[rows, cols]
+
     def keys(self) -> np.ndarray:
         if self.prompt_keys is not None:
             return self.prompt_keys
@@ -97,35 +102,6 @@ class _Layout:
         return out.reshape(self.shape)
 
 
-def _runs(column: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
-    """Where each run of equal values starts, and the value of each run (as objects), compared
-    in the column's own storage (Arrow strings or integers, NumPy integers); None for any other
-    storage, or when a value comes back in a later run (then the runs are not the prompts)."""
-    dtype = column.dtype
-    if isinstance(dtype, pd.ArrowDtype) or getattr(dtype, "storage", None) == "pyarrow":
-        values = pa.array(column.array)
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
-        kind = values.type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
-                or pa.types.is_integer(kind)):
-            return None
-        changes = pc.not_equal(values[1:], values[:-1]).to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(np.r_[True, changes])
-        heads = values.take(pa.array(starts))
-        if pc.count_distinct(heads).as_py() != len(heads):
-            return None
-        return starts, np.asarray(heads.to_numpy(zero_copy_only=False), dtype=object)
-    if isinstance(dtype, np.dtype) and dtype.kind in "iub":
-        values = column.to_numpy()
-        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-        heads = values[starts]
-        if len(np.unique(heads)) != len(heads):
-            return None
-        return starts, heads.astype(object)
-    return None
-
-
 @dataclass
 class PromptGroups:
     """``pd.factorize(prompt_id, sort=False)``'s result (``uniques`` as objects), kept as runs
@@ -135,6 +111,7 @@ class PromptGroups:
     uniques: np.ndarray
     starts: np.ndarray | None = None
     row_codes: np.ndarray | None = None
+    keys: np.ndarray | None = None  # pd.util.hash_array of uniques, when already computed
 
     def codes(self, rows: int) -> np.ndarray:
         if self.row_codes is None:
@@ -147,6 +124,43 @@ class PromptGroups:
         return np.bincount(self.row_codes, minlength=len(self.uniques))
 
 
+def _unique(values: np.ndarray) -> np.ndarray | None:
+    """The objects' pandas hashes (what ``prompt_keys`` holds) when the objects all differ,
+    else None: hashes that all differ prove it; equal hashes are settled by a factorize."""
+    keys = pd.util.hash_array(values, categorize=False)
+    ordered = np.sort(keys)
+    if not (ordered[1:] == ordered[:-1]).any() or len(pd.unique(values)) == len(values):
+        return keys
+    return None
+
+
+def _runs(column: pd.Series) -> PromptGroups | None:
+    """Where each run of equal values starts, and the value of each run (as objects), compared
+    in the column's own storage (Arrow strings or integers, NumPy integers); None for any other
+    storage, or when a value comes back in a later run (then the runs are not the prompts)."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.ArrowDtype) or getattr(dtype, "storage", None) == "pyarrow":
+        values = pa.array(column.array)
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        kind = values.type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                or pa.types.is_integer(kind)):
+            return None
+        changes = pc.indices_nonzero(pc.not_equal(values[1:], values[:-1]))
+        starts = np.r_[0, changes.to_numpy().astype(np.int64) + 1]
+        heads = np.asarray(values.take(pa.array(starts)).to_numpy(zero_copy_only=False),
+                           dtype=object)
+    elif isinstance(dtype, np.dtype) and dtype.kind in "iub":
+        values = column.to_numpy()
+        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+        heads = values[starts].astype(object)
+    else:
+        return None
+    keys = _unique(heads)
+    return None if keys is None else PromptGroups(uniques=heads, starts=starts, keys=keys)
+
+
 def prompt_groups(column: pd.Series) -> PromptGroups:
     """Factorize the prompt ids, without hashing every row when each prompt's rows are
     contiguous: the run starts are found by comparing neighbours, and only they are checked
@@ -155,7 +169,7 @@ def prompt_groups(column: pd.Series) -> PromptGroups:
         raise DataError("prompt_id must not be missing", field="prompt_id")
     runs = _runs(column) if len(column) else None
     if runs is not None:
-        return PromptGroups(uniques=runs[1], starts=runs[0])
+        return runs
     codes, uniques = pd.factorize(column, sort=False)
     return PromptGroups(uniques=np.asarray(uniques, dtype=object), row_codes=codes)
 
@@ -181,18 +195,20 @@ _MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtyp
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection
 
 
-def _words(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
+def _words(data: np.ndarray, pos: np.ndarray, ascending: bool = False) -> np.ndarray:
     """Bytes ``pos .. pos + 7`` of ``data`` as little-endian uint64 (bytes past the end read 0).
 
     Each is assembled from the two aligned words that hold it (NumPy gathers aligned words
     ten times faster than unaligned ones); reads at the buffer's edges go byte by byte.
+    ``ascending`` positions have their extremes at their ends (no pass to find them).
     """
     base = -data.ctypes.data % 8
     count = max((len(data) - base) // 8, 0)
     if not len(pos):
         return np.zeros(0, np.uint64)
     rel = pos - base if base else pos
-    if count >= 2 and rel.min() >= 0 and rel.max() <= 8 * count - 16:
+    first, last = (rel[0], rel[-1]) if ascending else (rel.min(), rel.max())
+    if count >= 2 and first >= 0 and last <= 8 * count - 16:
         aligned = data[base:base + 8 * count].view(np.uint64)
         q = rel >> 3
         bits = ((rel & 7) << 3).view(np.uint64)
@@ -206,9 +222,9 @@ def _words(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
         out |= high
         return out
     word = np.zeros(len(pos), np.uint64)  # near an edge (rare): byte by byte
-    last = max(len(data) - 1, 0)
+    final = max(len(data) - 1, 0)
     for k in range(8):
-        byte = data[np.minimum(pos + k, last)] if len(data) else np.zeros(len(pos), np.uint8)
+        byte = data[np.minimum(pos + k, final)] if len(data) else np.zeros(len(pos), np.uint8)
         word |= np.where(pos + k < len(data), byte, 0).astype(np.uint64) << np.uint64(8 * k)
     return word
 
@@ -228,7 +244,8 @@ def fingerprints(texts: pa.LargeStringArray, index: np.ndarray | slice | None = 
     Equal texts always get equal fingerprints, so different fingerprints prove different texts;
     equal ones are only candidates, to be checked exactly."""
     offsets, data = _text_buffers(texts)
-    if index is None or isinstance(index, slice):
+    ascending = index is None or isinstance(index, slice)  # Arrow's offsets never fall
+    if ascending:
         index = slice(None) if index is None else index
         starts = offsets[:-1][index]
         ends = offsets[1:][index]
@@ -237,7 +254,7 @@ def fingerprints(texts: pa.LargeStringArray, index: np.ndarray | slice | None = 
     shape = starts.shape
     starts, ends = starts.ravel(), ends.ravel()
     lengths = ends - starts
-    x = _words(data, starts)
+    x = _words(data, starts, ascending)
     if not len(x):
         return x.reshape(shape)
     if lengths.min() < 8:  # keep only a short text's own bytes
@@ -246,13 +263,13 @@ def fingerprints(texts: pa.LargeStringArray, index: np.ndarray | slice | None = 
     x += lengths.view(np.uint64)
     if lengths.max() > 8:  # and the last 8 bytes of every longer text
         if lengths.min() > 8:
-            tail = _words(data, ends - 8)
+            tail = _words(data, ends - 8, ascending)
             tail *= _MIX
             tail ^= x
             x = tail
         else:
             long = np.flatnonzero(lengths > 8)
-            tail = _words(data, ends[long] - 8)
+            tail = _words(data, ends[long] - 8, ascending)
             tail *= _MIX
             x[long] ^= tail
     return x.reshape(shape)
@@ -357,7 +374,8 @@ def build_matrix(responses: pd.DataFrame) -> ResponseMatrix:
         sample_ids=layout.place(sample_ids, -1),
         text_codes=_text_codes(responses, layout, row_index),
         row_index=row_index,
-        prompt_keys=pd.util.hash_array(prompt_ids, categorize=False),
+        prompt_keys=(groups.keys if groups.keys is not None
+                     else pd.util.hash_array(prompt_ids, categorize=False)),
         unscored=unscored,
     )
     if IMPLICIT_COLUMN in responses.columns:
@@ -368,3 +386,9 @@ def build_matrix(responses: pd.DataFrame) -> ResponseMatrix:
             setattr(matrix, name, layout.place(flags, False))
     return matrix
 
+
+def reward_matrix(responses: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(prompt_ids[P], rewards[P, N], sample_ids[P, N], text_codes[P, N])`` for reuse by other
+    stages (denoising, reports); see the module docstring for padding and ordering."""
+    m = build_matrix(responses)
+    return m.prompt_ids, m.rewards, m.sample_ids, m.text_codes
