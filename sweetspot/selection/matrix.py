@@ -59,11 +59,6 @@ class ResponseMatrix:
     def shape(self) -> tuple[int, int]:
         return self.rewards.shape
 
-    def sample_id_at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        if self.sample_ids is None:
-            return cols.astype(np.int64)
-        return self.sample_ids[rows, cols]
-
     def keys(self) -> np.ndarray:
         if self.prompt_keys is not None:
             return self.prompt_keys
@@ -385,10 +380,3 @@ def build_matrix(responses: pd.DataFrame) -> ResponseMatrix:
             flags = responses[name].fillna(False).to_numpy(dtype=bool)
             setattr(matrix, name, layout.place(flags, False))
     return matrix
-
-
-def reward_matrix(responses: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(prompt_ids[P], rewards[P, N], sample_ids[P, N], text_codes[P, N])`` for reuse by other
-    stages (denoising, reports); see the module docstring for padding and ordering."""
-    m = build_matrix(responses)
-    return m.prompt_ids, m.rewards, m.sample_ids, m.text_codes
