@@ -83,13 +83,16 @@ def timed_once(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def frame_overhead(rewards: np.ndarray, loop_prompts: int, repeat: int) -> None:
-    """The whole ``select`` stage on a frame against its NumPy core and the loop baseline."""
+def frame_overhead(rewards: np.ndarray, loop_prompts: int, repeat: int,
+                   text_bytes: int = 0) -> None:
+    """The whole ``select`` stage on a frame against its NumPy core and the loop baseline.
+    ``text_bytes`` pads every response to about that length (0: ``r<i>``, a few bytes)."""
     n, width = rewards.shape
+    pad = ("lorem ipsum dolor sit amet " * (text_bytes // 27 + 1))[:text_bytes]
     frame = pd.DataFrame({
         "prompt_id": np.repeat([f"p{i}" for i in range(n)], width),
         "sample_id": np.tile(np.arange(width), n),
-        "response": [f"r{i}" for i in range(n * width)],
+        "response": [f"{pad}r{i}" for i in range(n * width)],
         "reward": rewards.ravel(),
     })
     strategy = Positions()
@@ -100,7 +103,8 @@ def frame_overhead(rewards: np.ndarray, loop_prompts: int, repeat: int) -> None:
     sub = rewards[:min(loop_prompts, n)]
     loop = timed(lambda: loop_positions(sub, math.inf, -2.0), 1) * n / len(sub)
     print(f"\nWhole `select` (sweet_spot) on a {n:,}-prompt x {width} frame ({n * width:,} rows, "
-          f"in matrix order); core best of {repeat}; loop timed on {len(sub):,} prompts\n")
+          f"in matrix order, texts of {text_bytes + 2}+ bytes); core best of {repeat}; loop "
+          f"timed on {len(sub):,} prompts\n")
     print("| | wall (s) | CPU (s) | x core (wall) | x core (CPU) |")
     print("|---|---:|---:|---:|---:|")
     rows = [("NumPy core: `select_matrix` on the reward matrix", core),
@@ -120,12 +124,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--frame-only", action="store_true",
                         help="only the whole-stage overhead on the frame")
+    parser.add_argument("--text-bytes", type=int, default=0,
+                        help="pad the frame's responses to about this many bytes")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
     if args.frame_only:
         frame_overhead(rng.normal(size=(args.frame_prompts, args.n)), args.loop_prompts,
-                       args.repeat)
+                       args.repeat, args.text_bytes)
         return
     rewards = rng.normal(size=(args.prompts, args.n))
     sub = rewards[:args.loop_prompts]
@@ -148,7 +154,8 @@ def main() -> None:
         loop = timed(baseline, 1) * scale
         print(f"| {name} | {vec:.3f} | {loop:.1f} | {loop / vec:.0f}x |")
 
-    frame_overhead(rewards[:args.frame_prompts], args.loop_prompts, args.repeat)
+    frame_overhead(rewards[:args.frame_prompts], args.loop_prompts, args.repeat,
+                   args.text_bytes)
 
 if __name__ == "__main__":
     main()
