@@ -17,7 +17,8 @@ the strategy, never inspects it):
   and the full run selects with ``after_pilot(pick)``, the candidate the pilot picked.
 
 The defaults (False, False, False, None, False) fit a plain strategy, so a new strategy is still one
-class and one YAML file (``conf/selection/<option>.yaml`` whose ``_target_`` names the class).
+class and one YAML file (``conf/selection/<option>.yaml``, whose ``/schema@_here_`` defaults line
+names the class; the class's fields are the schema and its defaults).
 """
 
 from __future__ import annotations
