@@ -52,31 +52,29 @@ def position_pair(chosen: str, rejected: str) -> tuple[float, float]:
 
 @dataclass
 class RowStats:
-    """Per prompt: scored count, population mean/std, extremes, whether >= 2 distinct texts, and
-    the column filling each requested position (ties -> lowest sample_id)."""
+    """Per prompt: scored count, population mean/std, extremes, and the column filling each
+    requested position (ties -> lowest sample_id). Texts are compared later, and only where
+    needed (``degenerate_conditions``)."""
 
     n: np.ndarray
     mu: np.ndarray
     sigma: np.ndarray
     low: np.ndarray
     high: np.ndarray
-    distinct: np.ndarray
     cols: list[np.ndarray]
 
 
-def row_stats(rewards: np.ndarray, targets: Sequence[float], text_codes: np.ndarray | None,
-              block_rows: int) -> RowStats:
+def row_stats(rewards: np.ndarray, targets: Sequence[float], block_rows: int) -> RowStats:
     P, N = rewards.shape
     st = RowStats(n=np.zeros(P, np.int64), mu=np.zeros(P), sigma=np.zeros(P), low=np.zeros(P),
-                  high=np.zeros(P), distinct=np.ones(P, bool),
-                  cols=[np.zeros(P, np.int64) for _ in targets])
+                  high=np.zeros(P), cols=[np.zeros(P, np.int64) for _ in targets])
     for s in range(0, P, block_rows):
-        _block_stats(rewards, targets, text_codes, st, slice(s, min(s + block_rows, P)))
+        _block_stats(rewards, targets, st, slice(s, min(s + block_rows, P)))
     return st
 
 
-def _block_stats(rewards: np.ndarray, targets: Sequence[float], text_codes: np.ndarray | None,
-                 st: RowStats, sl: slice) -> None:
+def _block_stats(rewards: np.ndarray, targets: Sequence[float], st: RowStats,
+                 sl: slice) -> None:
     B = np.asarray(rewards[sl], dtype=np.float64)
     r = np.arange(B.shape[0])
     valid = ~np.isnan(B)
@@ -107,10 +105,6 @@ def _block_stats(rewards: np.ndarray, targets: Sequence[float], text_codes: np.n
             if not full:
                 dist[~valid] = np.inf
             col[sl] = dist.argmin(axis=1)
-    if text_codes is not None:
-        codes = text_codes[sl]
-        first = codes[r, valid.argmax(axis=1)]
-        st.distinct[sl] = (valid & (codes != first[:, None])).any(axis=1)
 
 
 def first_reason(conditions: Sequence[tuple[str, np.ndarray]], size: int
@@ -180,22 +174,57 @@ def make_pairs(m: ResponseMatrix, rows: np.ndarray, chosen: np.ndarray, rejected
                       skipped=skipped)
 
 
+def same_text_where(m: ResponseMatrix, pending: np.ndarray, chosen: np.ndarray,
+                    rejected: np.ndarray) -> np.ndarray:
+    """Per prompt, whether its chosen and rejected responses hold the same text, read only for
+    the ``pending`` prompts (the others are False: an earlier reason already claims them)."""
+    out = np.zeros(m.shape[0], bool)
+    rows = np.flatnonzero(pending)
+    out[rows] = m.same_text(rows, chosen[rows], rejected[rows])
+    return out
+
+
+def identical_texts(m: ResponseMatrix, pending: np.ndarray, chosen: np.ndarray,
+                    rejected: np.ndarray, same: np.ndarray) -> np.ndarray:
+    """Per prompt, whether all its scored responses hold one text (True when none is scored).
+
+    Two scored picks with different texts (``same`` False) prove a prompt is not such a
+    prompt, so only the ``pending`` prompts whose picks share a text, or are not both scored,
+    have every text compared with their first scored one."""
+    out = np.zeros(m.shape[0], bool)
+    if m.texts is None:  # no texts known: all distinct
+        return out
+    rows = np.arange(m.shape[0])
+    scored = ~np.isnan(m.rewards[rows, chosen]) & ~np.isnan(m.rewards[rows, rejected])
+    check = np.flatnonzero(pending & (same | ~scored))
+    if check.size:
+        valid = ~np.isnan(m.rewards[check])
+        first = valid.argmax(axis=1)
+        local, cols = np.nonzero(valid)
+        differ = ~m.same_text(check[local], cols, first[local])
+        out[check] = True
+        out[check[local[differ]]] = False
+    return out
+
+
 def degenerate_conditions(m: ResponseMatrix, st: RowStats, chosen: np.ndarray,
                           rejected: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """Why a prompt gives no pair, in the order reported (the first that applies counts)."""
+    """Why a prompt gives no pair, in the order reported (the first that applies counts).
+    Texts are read only for the prompts the reward conditions leave."""
     rows = np.arange(m.shape[0])
     margin = m.rewards[rows, chosen] - m.rewards[rows, rejected]
-    conditions = [("too_few_responses", st.n < 2), ("zero_sigma", st.high == st.low),
-                  ("identical_texts", ~st.distinct), ("same_response", chosen == rejected)]
-    if m.text_codes is not None:
-        conditions.append(("same_text", m.text_codes[rows, chosen] == m.text_codes[rows, rejected]))
-    conditions.append(("zero_margin", ~(margin > 0)))
-    return conditions
+    few, flat = st.n < 2, st.high == st.low
+    pending = ~(few | flat)
+    same = same_text_where(m, pending, chosen, rejected)
+    return [("too_few_responses", few), ("zero_sigma", flat),
+            ("identical_texts", identical_texts(m, pending, chosen, rejected, same)),
+            ("same_response", chosen == rejected), ("same_text", same),
+            ("zero_margin", ~(margin > 0))]
 
 
 def position_pairs(m: ResponseMatrix, chosen: str, rejected: str, block_rows: int) -> PairArrays:
     """One pair per prompt from two named positions (see ``parse_position``)."""
-    st = row_stats(m.rewards, position_pair(chosen, rejected), m.text_codes, block_rows)
+    st = row_stats(m.rewards, position_pair(chosen, rejected), block_rows)
     c, r = st.cols
     rows = np.arange(m.shape[0])
     return make_pairs(m, rows, c, r, degenerate_conditions(m, st, c, r), (chosen, rejected),
@@ -219,10 +248,10 @@ def data_pairs(m: ResponseMatrix) -> PairArrays:
                         field="data_rejected")
     c, r = m.data_chosen.argmax(axis=1), m.data_rejected.argmax(axis=1)
     rc, rr = m.rewards[rows, c], m.rewards[rows, r]
-    conditions = [("no_data_pair", ~(m.data_chosen.any(axis=1) & m.data_rejected.any(axis=1))),
-                  ("unscored_pair", np.isnan(rc) | np.isnan(rr))]
-    if m.text_codes is not None:
-        conditions.append(("same_text", m.text_codes[rows, c] == m.text_codes[rows, r]))
+    no_pair = ~(m.data_chosen.any(axis=1) & m.data_rejected.any(axis=1))
+    unscored = np.isnan(rc) | np.isnan(rr)
+    conditions = [("no_data_pair", no_pair), ("unscored_pair", unscored),
+                  ("same_text", same_text_where(m, ~(no_pair | unscored), c, r))]
     return make_pairs(m, rows, c, r, conditions, ("data", "data"))
 
 

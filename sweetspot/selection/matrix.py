@@ -4,8 +4,11 @@ Columns are ordered by ``sample_id`` within each prompt, so "first column" means
 ``sample_id``": every tie (argmax, nearest target, lowest of a random subset) is broken that way.
 Padding (prompts with fewer responses than the widest prompt) is NaN in ``rewards`` and -1 in
 the integer matrices; an unscored response (reward NaN) stays in the matrix as NaN and is
-excluded from every statistic. ``text_codes`` only compare texts within one prompt (a code is the
-column of the row's first response with that text), which is all a strategy asks of them.
+excluded from every statistic. Texts are not read when the matrix is built: ``texts`` compares
+them lazily, only for the cells a strategy asks about (its chosen and rejected responses, and the
+rows where those two share a text), since reading every text is memory-bound and costs more than
+the whole selection. ``text_codes`` (the column of the row's first response with the same text)
+is built on request, for inspection.
 
 A frame already in matrix order (what every stage writes) is placed by reshaping, so the
 matrices may be read-only views of the frame's columns: strategies never write to them.
@@ -13,7 +16,7 @@ matrices may be read-only views of the frame's columns: strategies never write t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,8 +38,7 @@ class ResponseMatrix:
     rewards: np.ndarray                     # float64 [P, N], NaN = unscored or padding
     prompt_ids: np.ndarray | None = None    # object [P]
     sample_ids: np.ndarray | None = None    # int64 [P, N], -1 = padding
-    text_codes: np.ndarray | None = None    # int64 [P, N], same code in a row = same text;
-                                            # None = all distinct
+    texts: ResponseTexts | None = None      # the texts behind the cells; None = all distinct
     row_index: np.ndarray | None = None     # int64 [P, N], row in the source frame, -1 = padding
     implicit: np.ndarray | None = None      # float64 [P, N], implicit log-ratio of each response
     data_chosen: np.ndarray | None = None   # bool [P, N], the dataset's own chosen response
@@ -47,17 +49,38 @@ class ResponseMatrix:
     @classmethod
     def from_rewards(cls, rewards: np.ndarray, **arrays: np.ndarray | None) -> ResponseMatrix:
         """Wrap a bare reward matrix (the benchmark's entry point): sample ids = column index,
-        prompt keys = row index, texts all distinct unless ``text_codes`` is given. Without
-        ``sample_ids`` every NaN counts as an unscored response (no padding)."""
+        prompt keys = row index, texts all distinct unless ``text_codes`` is given (int [P, N]:
+        equal codes in a row = same text, -1 = no text). Without ``sample_ids`` every NaN counts
+        as an unscored response (no padding)."""
         rewards = np.asarray(rewards)
         unscored = int(np.isnan(rewards).sum())
         if arrays.get("sample_ids") is not None:
             unscored -= int((arrays["sample_ids"] < 0).sum())
-        return cls(rewards=rewards, unscored=unscored, **arrays)
+        codes = arrays.pop("text_codes", None)
+        texts = None
+        if codes is not None:
+            codes = np.asarray(codes, dtype=np.int64)
+            texts = ResponseTexts(np.arange(codes.size, dtype=np.int64).reshape(codes.shape),
+                                  labels=codes.ravel())
+        return cls(rewards=rewards, unscored=unscored, texts=texts, **arrays)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.rewards.shape
+
+    @property
+    def text_codes(self) -> np.ndarray | None:
+        """int64 [P, N]: per cell, the column of the row's first response with the same text
+        (-1: padding or no text); None when no texts are known (all distinct). Built on
+        request (it reads every text): strategies use ``same_text``."""
+        return None if self.texts is None else self.texts.codes()
+
+    def same_text(self, rows: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Per i, whether cells (rows[i], a[i]) and (rows[i], b[i]) hold the same text (two
+        cells without a text count as the same); all False when no texts are known."""
+        if self.texts is None:
+            return np.zeros(len(rows), bool)
+        return self.texts.same(rows, a, b)
 
     def keys(self) -> np.ndarray:
         if self.prompt_keys is not None:
@@ -270,52 +293,89 @@ def fingerprints(texts: pa.LargeStringArray, index: np.ndarray | slice | None = 
     return x.reshape(shape)
 
 
-def _text_codes(responses: pd.DataFrame, layout: _Layout, row_index: np.ndarray,
-                block_cells: int = 1 << 15) -> np.ndarray | None:
-    """Per prompt row, the column of the first response with the same text (-1: padding or no
-    text). Only texts within one prompt are ever compared, so codes are per row. Rows whose
-    fingerprints all differ (the common case) need nothing more, and when that is every row,
-    with no padding and no missing text, there are no codes at all (None: all distinct, as in
-    ``ResponseMatrix``). The other rows are factorized exactly. Works in blocks of rows, so
-    the temporaries stay in cache."""
-    column = responses["response"]
+@dataclass
+class ResponseTexts:
+    """The texts behind a matrix's cells, compared only where asked: by source row, either as
+    Arrow strings (``arrow``, read in place) or as integer labels (``labels``, -1 = no text:
+    texts that are not strings, factorized, or the codes ``from_rewards`` was given).
+
+    A comparison reads each pair's lengths from Arrow's offsets, then the fingerprints of the
+    pairs of equal length, then the bytes of the pairs whose fingerprints agree: the cost is
+    per pair compared, not per text in the table."""
+
+    row_index: np.ndarray                     # int64 [P, N], source row of each cell, -1 = none
+    arrow: pa.LargeStringArray | None = None
+    labels: np.ndarray | None = None
+    _codes: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def _missing(self, source: np.ndarray) -> np.ndarray:
+        """Whether each source row (>= 0) has no text, from Arrow's validity bitmap."""
+        if self.labels is not None:
+            return self.labels[source] < 0
+        if not self.arrow.null_count:
+            return np.zeros(len(source), bool)
+        bitmap = np.frombuffer(self.arrow.buffers()[0], np.uint8)
+        bit = source + self.arrow.offset
+        return ((bitmap[bit >> 3] >> (bit & 7).astype(np.uint8)) & 1) == 0
+
+    def same_rows(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Per i, whether source rows a[i] and b[i] hold the same text (-1 = padding: no text;
+        two without a text count as the same)."""
+        none_a, none_b = a < 0, b < 0
+        for none, source in ((none_a, a), (none_b, b)):
+            present = np.flatnonzero(~none)
+            none[present] = self._missing(source[present])
+        out = none_a & none_b
+        check = np.flatnonzero(~none_a & ~none_b)
+        ia, ib = a[check], b[check]
+        if self.labels is not None:
+            out[check] = self.labels[ia] == self.labels[ib]
+            return out
+        itself = ia == ib  # one response against itself
+        out[check[itself]] = True
+        check, ia, ib = check[~itself], ia[~itself], ib[~itself]
+        offsets, _ = _text_buffers(self.arrow)
+        candidate = (offsets[ia + 1] - offsets[ia]) == (offsets[ib + 1] - offsets[ib])
+        check, ia, ib = check[candidate], ia[candidate], ib[candidate]
+        candidate = fingerprints(self.arrow, ia) == fingerprints(self.arrow, ib)
+        check, ia, ib = check[candidate], ia[candidate], ib[candidate]
+        if len(check):  # the exact check, on the few pairs left
+            equal = pc.equal(self.arrow.take(pa.array(ia)), self.arrow.take(pa.array(ib)))
+            out[check] = equal.to_numpy(zero_copy_only=False)
+        return out
+
+    def same(self, rows: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Per i, whether cells (rows[i], a[i]) and (rows[i], b[i]) hold the same text."""
+        return self.same_rows(self.row_index[rows, a], self.row_index[rows, b])
+
+    def codes(self) -> np.ndarray:
+        """The ``text_codes`` matrix (see ``ResponseMatrix``), built once on request."""
+        if self._codes is None:
+            P, N = self.row_index.shape
+            source = self.row_index.ravel()
+            cell = np.flatnonzero(source >= 0)
+            cell = cell[~self._missing(source[cell])]
+            if self.labels is not None:
+                labels = self.labels[source[cell]]
+            else:
+                labels = pc.dictionary_encode(self.arrow.take(pa.array(source[cell])))
+                labels = labels.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            rows, cols = np.divmod(cell, max(N, 1))
+            key = rows * (int(labels.max(initial=0)) + 1) + labels
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            codes = np.full(P * N, -1, np.int64)
+            codes[cell] = cols[first][inverse.ravel()]
+            self._codes = codes.reshape(P, N)
+        return self._codes
+
+
+def _response_texts(column: pd.Series, row_index: np.ndarray) -> ResponseTexts:
+    """The responses as ``ResponseTexts``: Arrow strings in place, anything else factorized."""
     texts = _string_array(column)
-    if texts is None:  # not strings: factorize whatever it holds
-        codes, _ = pd.factorize(column, sort=False)
-        return layout.place(codes.astype(np.int64), -1)
-    P, N = layout.shape
-    null = texts.is_null().to_numpy(zero_copy_only=False) if texts.null_count else None
-    sentinel = ~np.arange(N, dtype=np.uint64)  # per column: a clash only costs a check
-    suspects, clean = [], null is None and layout.flat is None
-    block_rows = max(1, block_cells // max(N, 1))  # temporaries that stay in cache
-    for s in range(0, P, block_rows):
-        index = row_index[s:s + block_rows]
-        if clean and layout.order is None:  # rows in matrix order: a slice of the texts
-            fp = fingerprints(texts, slice(s * N, s * N + index.size)).reshape(index.shape)
-        elif clean:
-            fp = fingerprints(texts, index)
-        else:
-            valid = index >= 0
-            if null is not None:
-                valid &= ~null[index]
-            fp = np.where(valid, fingerprints(texts, np.maximum(index, 0)), sentinel)
-        fp.sort(axis=1)
-        suspects.append(s + np.flatnonzero((fp[:, 1:] == fp[:, :-1]).any(axis=1)))
-    suspect = np.concatenate(suspects) if suspects else np.zeros(0, np.int64)
-    if clean and not suspect.size:
-        return None  # every prompt's texts all differ
-    columns = np.arange(N, dtype=np.int64)
-    valid = row_index >= 0
-    if null is not None:
-        valid &= ~null[np.maximum(row_index, 0)]
-    codes = np.where(valid, columns, -1)
-    if suspect.size:
-        local, cols = np.nonzero(valid[suspect])
-        exact = pc.dictionary_encode(texts.take(pa.array(row_index[suspect[local], cols])))
-        key = local * np.int64(len(exact.dictionary)) + exact.indices.to_numpy()
-        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        codes[suspect[local], cols] = cols[first][inverse]
-    return codes
+    if texts is not None:
+        return ResponseTexts(row_index, arrow=texts)
+    labels, _ = pd.factorize(column, sort=False)
+    return ResponseTexts(row_index, labels=labels.astype(np.int64))
 
 
 def build_matrix(responses: pd.DataFrame) -> ResponseMatrix:
@@ -367,7 +427,7 @@ def build_matrix(responses: pd.DataFrame) -> ResponseMatrix:
         rewards=layout.place(reward, np.nan),
         prompt_ids=prompt_ids,
         sample_ids=layout.place(sample_ids, -1),
-        text_codes=_text_codes(responses, layout, row_index),
+        texts=_response_texts(responses["response"], row_index),
         row_index=row_index,
         prompt_keys=(groups.keys if groups.keys is not None
                      else pd.util.hash_array(prompt_ids, categorize=False)),

@@ -110,7 +110,7 @@ class Recipe(PairStrategy):
         at_least("seed", self.seed, 0)
 
     def make_pairs(self, m: ResponseMatrix) -> PairArrays:
-        st = row_stats(m.rewards, [math.inf], m.text_codes, self.block_rows)
+        st = row_stats(m.rewards, [math.inf], self.block_rows)
         chosen = st.cols[0]
         rejected = lowest_of_random(m, self.k, self.seed, self.block_rows)
         conditions = degenerate_conditions(m, st, chosen, rejected)
