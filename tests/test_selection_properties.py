@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_selection import ref_positions, ref_stats, scored_items
 
 from sweetspot.selection.augment import AugmentOptions
 from sweetspot.selection.common import parse_position
 from sweetspot.selection.margin import Margin
 from sweetspot.selection.positions import Positions, Recipe
 from sweetspot.selection.routing import Routing
+from tests.test_selection import ref_positions, ref_stats, scored_items
 
 REWARD = st.one_of(st.integers(-3, 3).map(float), st.floats(-50, 50, allow_nan=False),
                    st.just(math.nan))
