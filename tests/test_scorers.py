@@ -19,15 +19,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sweetspot.config import build_node
+from sweetspot.config import build_node, validate
 from sweetspot.errors import ConfigError, DataError, SweetspotError
 from sweetspot.models import TinyModelShape, build_tiny_model
 from sweetspot.scoring.column import ColumnScorer
 from sweetspot.scoring.ensemble import EnsembleScorer, normalise
 from sweetspot.scoring.implicit import ImplicitScorer
 from sweetspot.scoring.reward_model import RewardModelScorer
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "scorer"
 
 RESPONSES = pd.DataFrame({
     "prompt_id": ["p0", "p0", "p0", "p1", "p1", "p2", "p2"],
@@ -256,7 +254,7 @@ def test_implicit_batch_size_and_truncation(two_models: tuple[Path, Path]) -> No
     assert short.last_stats["completions_truncated"] > 0
 
 
-def test_implicit_bad_config(tmp_path: Path, two_models: tuple[Path, Path]) -> None:
+def test_implicit_bad_config(tmp_path: Path, two_models: tuple[Path, Path], make_cfg) -> None:
     with pytest.raises(ConfigError, match="beta"):
         ImplicitScorer(policy_path="a", reference_path="b", beta=0)
     with pytest.raises(ConfigError, match="max_length"):
@@ -264,9 +262,9 @@ def test_implicit_bad_config(tmp_path: Path, two_models: tuple[Path, Path]) -> N
     with pytest.raises(SweetspotError, match="reference_path.*does not exist"):
         ImplicitScorer(policy_path=str(two_models[0]), reference_path=str(tmp_path / "none"),
                        device="cpu").score(RESPONSES)
-    node = OmegaConf.load(CONF / "implicit.yaml")
+    # scorer=implicit as composed (the schema leaves both paths missing): refused by name
     with pytest.raises(ConfigError, match="scorer.policy_path.*required"):
-        build_node(node, "scorer")
+        validate(make_cfg("scorer=implicit"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,8 +424,8 @@ def test_ensemble_keeps_component_detail_columns() -> None:
     np.testing.assert_allclose(got["score/ensemble"], got["score/rules"] + got["score/a"])
 
 
-def test_ensemble_from_yaml_and_hydra_nodes() -> None:
-    node = OmegaConf.load(CONF / "ensemble.yaml")
+def test_ensemble_from_yaml_and_hydra_nodes(make_cfg) -> None:
+    node = make_cfg("scorer=ensemble").scorer  # conf/scorer/ensemble.yaml over its schema
     scorer = build_node(node, "scorer")
     assert [p.name for p in scorer.parts] == ["rules", "length"]
     frame = ENSEMBLE_DATA.assign(num_tokens=[1, 2, 0, 4, 1, 1])
@@ -461,10 +459,13 @@ def test_ensemble_from_yaml_and_hydra_nodes() -> None:
                   {"_target_": "sweetspot.scoring.column.ColumnScorer", "name": "b"}]},
      "scorer.scorers[0].scale"),
 ])
-def test_ensemble_bad_config_names_the_field(change: dict, field: str) -> None:
-    node = OmegaConf.merge(OmegaConf.load(CONF / "ensemble.yaml"), change)
+def test_ensemble_bad_config_names_the_field(change: dict, field: str, make_cfg) -> None:
+    """The composed scorer=ensemble with one bad value fails validation (before anything
+    runs), naming the field, nested components included."""
+    cfg = make_cfg("scorer=ensemble")
+    cfg.merge_with({"scorer": change})
     with pytest.raises(ConfigError, match=re.escape(f"'{field}")):
-        build_node(node, "scorer")
+        validate(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,17 +479,19 @@ def test_ensemble_bad_config_names_the_field(change: dict, field: str) -> None:
     ("ensemble", EnsembleScorer, {}),
     ("embedding", None, {}),
 ])
-def test_yaml_builds_with_its_default_name(option: str, cls, required: dict) -> None:
-    node = OmegaConf.merge(OmegaConf.load(CONF / f"{option}.yaml"), required)
+def test_yaml_builds_with_its_default_name(option: str, cls, required: dict, make_cfg) -> None:
+    overrides = [f"scorer.{k}={v}" for k, v in required.items()]
+    node = make_cfg(f"scorer={option}", *overrides).scorer
     scorer = build_node(node, "scorer")
     assert scorer.name == option and scorer.column == f"score/{option}"
     if cls is not None:
         assert type(scorer) is cls
-    # The YAML spells out every field, with the dataclass's defaults.
+    # The composed node (the option over its schema) holds every field of the class it names.
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(type(scorer))}
     assert fields == set(node) - {"_target_"}
+    assert node._target_ == f"{type(scorer).__module__}.{type(scorer).__qualname__}"
 
 
 def test_hub_offline_is_set_while_loading_and_restored(monkeypatch) -> None:
