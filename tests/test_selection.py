@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import math
 from collections import Counter
 from dataclasses import fields
@@ -11,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from sweetspot.config import build_node
 from sweetspot.errors import ConfigError, DataError
 from sweetspot.selection.augment import AugmentOptions
 from sweetspot.selection.base import PAIR_COLUMNS
@@ -428,20 +426,26 @@ def test_select_matrix_on_a_bare_matrix():
     assert ResponseMatrix.from_rewards(rewards).unscored == 2
 
 
-def test_yaml_nodes_are_exactly_the_dataclass_fields():
-    files = sorted(glob.glob(str(CONF / "*.yaml")))
-    assert {Path(f).stem for f in files} >= {"positions", "sweet_spot", "max_min", "recipe",
-                                            "margin", "routing", "augment"}
+def test_selection_options_compose_to_their_class(make_cfg):
+    """Each conf/selection option, composed over its schema as the pipeline composes it, holds
+    exactly its class's fields and builds; the plain options are their class's defaults,
+    augment turns augmentation on and sweet_spot picks max against mu - 2 sigma."""
+    files = sorted(CONF.glob("*.yaml"))
+    assert {f.stem for f in files} >= {"positions", "sweet_spot", "max_min", "recipe",
+                                       "margin", "routing", "augment"}
+    built = {}
     for f in files:
-        node = OmegaConf.load(f)
-        strategy = instantiate(node)
+        node = make_cfg(f"selection={f.stem}").selection
+        strategy = build_node(node, "selection")
+        cls = type(strategy)
+        assert node._target_ == f"{cls.__module__}.{cls.__qualname__}", f
         assert set(node) - {"_target_"} == {fl.name for fl in fields(strategy)}, f
-        defaults = type(strategy)()
-        if Path(f).stem in ("positions", "margin", "routing", "recipe"):
-            assert strategy == defaults, f
-    assert isinstance(instantiate(OmegaConf.load(CONF / "augment.yaml")).augment, AugmentOptions)
-    sweet = instantiate(OmegaConf.load(CONF / "sweet_spot.yaml"))
-    assert (sweet.chosen, sweet.rejected) == ("max", "mu-2sigma")
+        if f.stem in ("positions", "margin", "routing", "recipe"):
+            assert strategy == cls(), f
+        built[f.stem] = strategy
+    assert isinstance(built["augment"].augment, AugmentOptions)
+    assert (built["sweet_spot"].chosen, built["sweet_spot"].rejected) == ("max", "mu-2sigma")
+    assert (built["max_min"].chosen, built["max_min"].rejected) == ("max", "min")
 
 
 def test_margin_ties_at_p_one_are_ranked_by_the_margin_sum():
