@@ -11,4 +11,6 @@
 # medium,top,random, seeds outermost.
 set -euo pipefail
 OUT=${OUT:-multirun/influence}
-sweetspot -m experiment=influence logger=csv hydra.sweep.dir=$OUT
+# SEEDS=0,1 is what ran in this session (time on the 2-core machine); the preset sweeps 0,1,2.
+SEEDS=${SEEDS:-0,1,2}
+sweetspot -m experiment=influence logger=csv "train_seed=$SEEDS" hydra.sweep.dir=$OUT
