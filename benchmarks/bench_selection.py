@@ -10,7 +10,9 @@ matrix, select, build the pairs table. It is set against the NumPy core, ``selec
 same rewards as a bare matrix (the computation the stage cannot avoid), measured in the same
 process, and against the loop baseline at that size. The first call (what a user pays: fresh
 memory) and the second are both shown; wall-clock and CPU seconds, since a loaded machine
-inflates the first. ``--frame-only`` skips the 1M table.
+inflates the first. The frame is timed with each ``--text-bytes`` (default: a few-byte ``r<i>``
+and ~226-byte texts, since text handling scales with the bytes it reads: the texts are compared
+lazily, only for the pairs picked). ``--frame-only`` skips the 1M table.
 """
 
 from __future__ import annotations
@@ -124,14 +126,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--frame-only", action="store_true",
                         help="only the whole-stage overhead on the frame")
-    parser.add_argument("--text-bytes", type=int, default=0,
-                        help="pad the frame's responses to about this many bytes")
+    parser.add_argument("--text-bytes", type=int, nargs="+", default=[0, 224],
+                        help="pad the frame's responses to about this many bytes (one table "
+                             "per value)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
     if args.frame_only:
-        frame_overhead(rng.normal(size=(args.frame_prompts, args.n)), args.loop_prompts,
-                       args.repeat, args.text_bytes)
+        rewards = rng.normal(size=(args.frame_prompts, args.n))
+        for text_bytes in args.text_bytes:
+            frame_overhead(rewards, args.loop_prompts, args.repeat, text_bytes)
         return
     rewards = rng.normal(size=(args.prompts, args.n))
     sub = rewards[:args.loop_prompts]
@@ -154,8 +158,9 @@ def main() -> None:
         loop = timed(baseline, 1) * scale
         print(f"| {name} | {vec:.3f} | {loop:.1f} | {loop / vec:.0f}x |")
 
-    frame_overhead(rewards[:args.frame_prompts], args.loop_prompts, args.repeat,
-                   args.text_bytes)
+    for text_bytes in args.text_bytes:
+        frame_overhead(rewards[:args.frame_prompts], args.loop_prompts, args.repeat, text_bytes)
+
 
 if __name__ == "__main__":
     main()

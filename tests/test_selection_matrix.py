@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from sweetspot.selection.margin import Margin
-from sweetspot.selection.matrix import build_matrix, fingerprints, prompt_groups
+from sweetspot.selection.matrix import build_matrix, fingerprints, last_words, prompt_groups
 from sweetspot.selection.positions import Positions, Recipe
 
 # same length, same first and last 8 bytes: equal fingerprints, different texts
@@ -26,10 +26,18 @@ def test_equal_texts_get_equal_fingerprints_wherever_they_sit():
     texts.append("a")  # a short text at the very end of the byte buffer
     arr = pa.array(texts, type=pa.large_string())
     for start in (0, 1, 7, 13):  # sliced arrays read the same buffers at other offsets
-        fp = fingerprints(arr.slice(start))
+        part = arr.slice(start)
+        fp = fingerprints(part)
+        order = np.argsort(rng.permutation(len(part)))
+        last = last_words(part, order)
         seen: dict[str, int] = {}
-        for text, value in zip(texts[start:], fp.tolist(), strict=True):
+        ends: dict[str, int] = {}
+        for i, (text, value) in enumerate(zip(texts[start:], fp.tolist(), strict=True)):
             assert seen.setdefault(text, value) == value, text
+            word = int(last[np.flatnonzero(order == i)[0]])
+            assert ends.setdefault(text, word) == word, text
+            tail = text.encode()[-8:]  # the last 8 bytes, little-endian, zero above a short text
+            assert word == int.from_bytes(tail, "little"), text
     # a text alone in a tiny buffer, and the int32-offset string type, agree too
     fp = fingerprints(arr)
     for text in ("a", "", "é", COLLIDING[0]):
