@@ -306,6 +306,17 @@ class RewardModelScorer(Scorer):
         """Resumable shards of ``shard_prompts`` prompts (``Scorer.run``)."""
         return self.shard_prompts
 
+    def token_ids(self, responses: pd.DataFrame, tok: Any) -> list[list[int]]:
+        """Each conversation's chat-template tokens, untruncated; an empty one is an error
+        naming its prompt (both engines score exactly these tokens)."""
+        texts = self.format(responses)
+        ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+        for pid, x in zip(responses["prompt_id"], ids, strict=True):
+            if not x:
+                raise DataError(f"prompt {pid!r}: the chat template of reward model "
+                                f"{self.name_or_path} produced no tokens", field="prompt")
+        return ids
+
     def format(self, responses: pd.DataFrame) -> list[str]:
         """Each row as one conversation in the reward model's chat template."""
         _, tok = self.load()
@@ -338,12 +349,7 @@ class RewardModelScorer(Scorer):
     def score(self, responses: pd.DataFrame) -> pd.DataFrame:
         require_columns(responses, ("prompt_id", "prompt", "response"))
         model, tok = self.load()
-        texts = self.format(responses)
-        ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
-        for pid, x in zip(responses["prompt_id"], ids, strict=True):
-            if not x:
-                raise DataError(f"prompt {pid!r}: the chat template of reward model "
-                                f"{self.name_or_path} produced no tokens", field="prompt")
+        ids = self.token_ids(responses, tok)
         truncated = sum(len(x) > self.max_length for x in ids)
         ids = [x[: self.max_length] for x in ids]
         lengths = [len(x) for x in ids]

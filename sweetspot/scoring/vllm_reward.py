@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from sweetspot.errors import DataError, SweetspotError
+from sweetspot.errors import SweetspotError
 from sweetspot.scoring.reward_model import (
     RewardModelScorer,
     hub_offline,
@@ -152,12 +152,7 @@ class VLLMRewardScorer(RewardModelScorer):
     def score(self, responses: pd.DataFrame) -> pd.DataFrame:
         require_columns(responses, ("prompt_id", "prompt", "response"))
         engine, tok = self.load()
-        texts = self.format(responses)
-        ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
-        for pid, x in zip(responses["prompt_id"], ids, strict=True):
-            if not x:
-                raise DataError(f"prompt {pid!r}: the chat template of reward model "
-                                f"{self.name_or_path} produced no tokens", field="prompt")
+        ids = self.token_ids(responses, tok)
         requests, truncated = build_requests(ids, self.max_length)
         if requests:
             from vllm import PoolingParams
