@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_cache_keys import compose_cfg
-from test_scorers import save_reward_model, unbatched_reward
 
 from sweetspot.evaluation.evaluate import Evaluator, response_logps
 from sweetspot.models import ModelSpec, Policy, TinyModelShape, build_tiny_model
@@ -16,6 +14,8 @@ from sweetspot.sampling.hf import GenerationSettings
 from sweetspot.scoring.reward_model import RewardModelScorer
 from sweetspot.selection.augment import AugmentOptions
 from sweetspot.stage_keys import stage_keys
+from tests.test_cache_keys import compose_cfg
+from tests.test_scorers import save_reward_model, unbatched_reward
 
 # ---------------------------------------------------------------------------------------------
 # 2. Reward-augmented evaluation: only the trained policy's generation is conditioned.
@@ -167,9 +167,8 @@ PAPER_BETA = {"sweet_spot_scaling": 0.01, "position_grid": 0.01, "reward_augment
 
 @pytest.mark.parametrize("study", sorted(PAPER_BETA))
 def test_presets_use_the_papers_beta(study: str) -> None:
-    from test_experiments import sweep_of
-
     from sweetspot.config import validate
+    from tests.test_experiments import sweep_of
 
     sweep = sweep_of(study)
     assert not any(k.startswith("loss.") for k in sweep)  # no job overrides it
@@ -179,10 +178,9 @@ def test_presets_use_the_papers_beta(study: str) -> None:
 
 
 def test_mixdpo_preset_is_the_published_recipe() -> None:
-    from test_experiments import sweep_of
-
     from sweetspot.config import validate
     from sweetspot.pipeline import selection_input
+    from tests.test_experiments import sweep_of
 
     assert set(sweep_of("small_margin")["selection"]) == {"mixdpo", "routing", "max_min"}
     plan = validate(compose_cfg("experiment=small_margin", "selection=mixdpo", "loss=hybrid"))
