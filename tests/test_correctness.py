@@ -14,8 +14,9 @@ from sweetspot.sampling.hf import GenerationSettings
 from sweetspot.scoring.reward_model import RewardModelScorer
 from sweetspot.selection.augment import AugmentOptions
 from sweetspot.stage_keys import stage_keys
+from tests.conftest import save_reward_model
 from tests.test_cache_keys import compose_cfg
-from tests.test_scorers import save_reward_model, unbatched_reward
+from tests.test_scorers import unbatched_reward
 
 # ---------------------------------------------------------------------------------------------
 # 2. Reward-augmented evaluation: only the trained policy's generation is conditioned.
