@@ -8,17 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from scipy.stats import kendalltau
 
+from sweetspot.config import build_node, validate
 from sweetspot.denoising.none import NoDenoiser
 from sweetspot.denoising.rpca import RPCADenoiser, flip_pairs, hide_pairs
 from sweetspot.denoising.solvers import solve_alm, solve_cvxpy
 from sweetspot.errors import ConfigError, DataError
 from sweetspot.pipeline import run_pipeline
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "denoiser"
 
 
 def bt_batch(B: int, n: int, rate: float, keep: float, seed: int):
@@ -210,15 +207,22 @@ def test_auto_source_on_a_built_in_task_equals_rewards(make_cfg, tmp_path: Path)
                                   pd.read_parquet(tmp_path / "rewards" / "pairs.parquet"))
 
 
-def test_config_nodes_match_the_classes_and_validate():
+def test_config_nodes_match_the_classes_and_validate(make_cfg):
+    """Each conf/denoiser option, composed over its schema as the pipeline composes it, holds
+    exactly its class's fields (each at the class's default) and _target_, and builds that
+    class; a bad value fails validation naming the field, built directly or composed."""
     for name, cls in (("none", NoDenoiser), ("rpca", RPCADenoiser)):
-        node = OmegaConf.load(CONF / f"{name}.yaml")
+        node = make_cfg(f"denoiser={name}").denoiser
         fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        assert node._target_ == f"{cls.__module__}.{cls.__qualname__}"
         assert set(node) - {"_target_"} == set(fields)
         assert all(node[k] == v for k, v in fields.items())
-        assert isinstance(instantiate(node), cls)
+        assert type(build_node(node, "denoiser")) is cls
     for field, value in (("corrupt", 1.5), ("solver", "admm"), ("observe_fraction", 0.0),
                          ("mu_growth", 0.9), ("lam", -1.0)):
         with pytest.raises(ConfigError) as error:
             RPCADenoiser(**{field: value})
         assert error.value.field == field
+        with pytest.raises(ConfigError) as error:
+            validate(make_cfg("denoiser=rpca", f"denoiser.{field}={value}"))
+        assert error.value.field == f"denoiser.{field}"
