@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from sweetspot.config import build_node, validate
 from sweetspot.errors import ConfigError
 from sweetspot.training import losses as L
 
@@ -266,14 +268,17 @@ def test_every_option_has_a_yaml():
 
 
 @pytest.mark.parametrize("name", CLASSES)
-def test_yaml_is_the_dataclass_with_its_defaults(name):
-    node = OmegaConf.load(CONF / f"{name}.yaml")
+def test_yaml_is_the_dataclass_with_its_defaults(name, make_cfg):
+    """loss=<name> composed over its schema (as the pipeline composes it) names its class and
+    holds exactly the class's fields, each at the dataclass default; it builds and runs."""
+    node = make_cfg(f"loss={name}").loss
     cls = CLASSES[name]
     assert node._target_ == f"{cls.__module__}.{cls.__qualname__}"
     fields = OmegaConf.masked_copy(node, [k for k in node if k != "_target_"])
+    assert set(fields) == {f.name for f in dataclasses.fields(cls)}
     merged = OmegaConf.merge(OmegaConf.structured(cls), fields)  # types check here
-    assert merged == OmegaConf.structured(cls)  # the YAML holds the dataclass defaults
-    loss = instantiate(node)
+    assert merged == OmegaConf.structured(cls)  # the composed node holds the dataclass defaults
+    loss = build_node(node, "loss")
     assert type(loss) is cls and isinstance(loss.beta, float)
     out = loss(make_inputs())
     assert torch.isfinite(out.loss)
@@ -281,11 +286,23 @@ def test_yaml_is_the_dataclass_with_its_defaults(name):
             "logps/chosen", "logps/rejected", "kl_proxy"} <= set(out.metrics)
 
 
-def test_combo_from_yaml_recursive_or_not():
-    node = OmegaConf.load(CONF / "combo.yaml")
+def test_combo_from_yaml_recursive_or_not(make_cfg):
+    """The composed loss=combo builds the same parts whether Hydra instantiates its nested
+    losses (recursive), leaves them as nodes for ComboLoss (flat), or build_node builds it."""
+    node = make_cfg("loss=combo").loss
     recursive, flat = instantiate(node), instantiate(node, _recursive_=False)
+    built = build_node(node, "loss")
     inputs = make_inputs()
-    assert [type(p) for p in recursive.parts] == [L.DPOLoss, L.SFTLoss]
+    for combo in (recursive, flat, built):
+        assert [type(p) for p in combo.parts] == [L.DPOLoss, L.SFTLoss]
     assert torch.equal(recursive(inputs).per_pair, flat(inputs).per_pair)
+    assert torch.equal(recursive(inputs).per_pair, built(inputs).per_pair)
     assert torch.allclose(recursive(inputs).per_pair,
                           L.DPOLoss()(inputs).per_pair + L.SFTLoss()(inputs).per_pair)
+    # a bad nested value is refused by validation, naming the nested field
+    with pytest.raises(ConfigError) as info:
+        validate(make_cfg("loss=combo", "loss.losses.0.beta=-1.0"))
+    assert info.value.field == "loss.losses[0].beta"
+    with pytest.raises(ConfigError) as info:
+        validate(make_cfg("loss=combo", "loss.weights=[1.0]"))
+    assert info.value.field == "loss.weights"
