@@ -4,13 +4,11 @@ import dataclasses
 import json
 import math
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from sweetspot.config import build_node, validate
 from sweetspot.errors import ConfigError, DataError
 from sweetspot.scoring.constraints import (
     CHECKERS,
@@ -22,8 +20,6 @@ from sweetspot.scoring.constraints import (
     parse_constraints,
 )
 from sweetspot.scoring.rules import RulesScorer
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "scorer" / "rules.yaml"
 
 # (type, args, a response that meets it, a response that does not)
 CASES = [
@@ -196,21 +192,30 @@ def test_row_with_neither_names_prompt_and_field():
     assert "lonely" in str(err.value) and err.value.field == "constraints"
 
 
-def test_config_validation_and_yaml_matches_fields():
+def test_config_validation_and_yaml_matches_fields(make_cfg):
     with pytest.raises(ConfigError):
         RulesScorer(partial_credit_width=0)
     with pytest.raises(ConfigError):
         RulesScorer(numeric_tol=-1)
-    for bad in ({"base_reward": 1.5}, {"loop_penalty": -0.1}, {"truncation_penalty": 2},
-                {"diversity_weight": -1}, {"loop_ngram": 0}, {"diversity_window": 1}):
+    bad_values = ({"base_reward": 1.5}, {"loop_penalty": -0.1}, {"truncation_penalty": 2},
+                  {"diversity_weight": -1}, {"loop_ngram": 0}, {"diversity_window": 1})
+    for bad in bad_values:
         with pytest.raises(ConfigError):
             RulesScorer(**bad)
-    node = OmegaConf.load(CONF)
+    # scorer=rules as composed (conf/scorer/rules.yaml over its schema): exactly the class's
+    # fields and _target_, building the default scorer; a bad value is refused by name
+    node = make_cfg("scorer=rules").scorer
     fields = {f.name for f in dataclasses.fields(RulesScorer)}
     assert set(node.keys()) - {"_target_"} == fields
-    scorer = instantiate(node)
-    assert isinstance(scorer, RulesScorer)
+    assert node._target_ == f"{RulesScorer.__module__}.{RulesScorer.__qualname__}"
+    scorer = build_node(node, "scorer")
+    assert type(scorer) is RulesScorer
     assert scorer == RulesScorer()
+    for bad in bad_values:
+        ((key, value),) = bad.items()
+        with pytest.raises(ConfigError) as error:
+            validate(make_cfg("scorer=rules", f"scorer.{key}={value}"))
+        assert error.value.field == f"scorer.{key}"
 
 
 def test_ten_thousand_responses_are_fast():
