@@ -109,7 +109,13 @@ def resolve_model_dir(spec: ModelSpec, cache_root: str | Path) -> str:
                     build_tiny_model(spec.tiny, tmp)
                 else:
                     convert_gguf(spec, tmp)
-                os.rename(tmp, target)
+                try:
+                    os.rename(tmp, target)
+                except OSError:
+                    # Another process (a rank of the same job on a cache whose lock file is not
+                    # shared, e.g. over some network filesystems) committed it first: use it.
+                    if not (target / "config.json").is_file():
+                        raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
