@@ -4,10 +4,7 @@ its sweep is a valid config, and its ``<name>_tiny`` variant runs for real as a 
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
+from sweetspot.cli import main
 from sweetspot.config import config_dir, validate
 
 POSITIONS = ("min", "mu-2sigma", "mu-sigma", "mu", "mu+sigma", "mu+2sigma", "max")
@@ -114,22 +112,16 @@ def test_tiny_variant_is_a_small_version_of_the_study(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(STUDIES))
-def test_tiny_variant_runs(name: str, cache_dir: Path, tmp_path: Path) -> None:
-    """Every study's tiny sweep, for real, through the CLI; all of them share the session's
-    stage cache (conftest's ``cache_dir``), so the tiny model and the shared stages are built
-    once."""
+def test_tiny_variant_runs(
+    name: str, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every study's tiny sweep, for real, through the CLI's entry point (in this process:
+    ``tests/test_pipeline.py`` keeps a multirun in a subprocess); all of them share the
+    session's stage cache (conftest's ``cache_dir``), so the tiny model and the shared stages
+    are built once."""
     sweep_dir = tmp_path / "sweep"
-    env = {**os.environ, "SWEETSPOT_CACHE": str(cache_dir)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "sweetspot",
-        "-m",
-        f"experiment={name}_tiny",
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.setenv("SWEETSPOT_CACHE", str(cache_dir))
+    main(["-m", f"experiment={name}_tiny", f"hydra.sweep.dir={sweep_dir}"])
     report = pd.read_csv(sweep_dir / "report.csv")
     expected = jobs_of(sweep_of(f"{name}_tiny"))
     assert len(report) == len(expected)
