@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,11 @@ def resolve_model_dir(spec: ModelSpec, cache_root: str | Path) -> str:
     if (target / "config.json").is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        # transformers' save_pretrained writes the weights and config.json on rank 0 only
+        # (should_save_on_this_rank), so another rank would commit a folder holding just the
+        # tokenizer: it waits for rank 0's folder instead.
+        return wait_for_model(target)
     with FileLock(str(target) + ".lock"):
         if not (target / "config.json").is_file():
             tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -109,15 +115,20 @@ def resolve_model_dir(spec: ModelSpec, cache_root: str | Path) -> str:
                     build_tiny_model(spec.tiny, tmp)
                 else:
                     convert_gguf(spec, tmp)
-                try:
-                    os.rename(tmp, target)
-                except OSError:
-                    # Another process (a rank of the same job on a cache whose lock file is not
-                    # shared, e.g. over some network filesystems) committed it first: use it.
-                    if not (target / "config.json").is_file():
-                        raise
+                os.rename(tmp, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def wait_for_model(target: Path, timeout_s: float = 3600.0) -> str:
+    """A non-zero rank's view of the model folder rank 0 is building."""
+    deadline = time.monotonic() + timeout_s
+    while not (target / "config.json").is_file():
+        if time.monotonic() > deadline:
+            raise SweetspotError(f"rank 0 did not build the model folder {target} within "
+                                 f"{timeout_s:.0f} s")
+        time.sleep(0.5)
     return str(target)
 
 

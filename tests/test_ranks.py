@@ -22,7 +22,6 @@ import pandas as pd
 import pytest
 
 from sweetspot.distributed import SOLO, Ranks, launcher_environment, rank_gpus
-from sweetspot.models import ModelSpec, resolve_model_dir
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 WORKER = Path(__file__).parent / "ranks_worker.py"
@@ -102,11 +101,8 @@ def test_torchrun_two_ranks_give_the_one_process_pairs(tmp_path: Path) -> None:
     rm = save_tiny_reward_model(tmp_path / "rm")
     args = [*TINY, f"scorer.name_or_path={rm}"]
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    # The tiny model's folder is built before the ranks start. Two ranks building it at once
-    # on an empty cache has failed twice in full-suite runs ("Directory not empty" on the
-    # rename, with the folder lacking config.json despite the file lock): an open bug, written
-    # up in the closing note, not what this test is about (the stages' split across ranks).
-    resolve_model_dir(ModelSpec(source="tiny"), tmp_path / "cache-two")
+    # The ranks start on an empty cache: rank 0 builds the tiny model's folder, rank 1 waits
+    # for it (transformers writes weights on rank 0 only once a process group exists).
     two = subprocess.Popen(
         [*TORCHRUN, "-m", "sweetspot", *args, *ddp, f"hydra.run.dir={tmp_path / 'two'}"],
         env=env_for(tmp_path / "cache-two"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
