@@ -625,8 +625,10 @@ def test_openai_client_errors_are_not_retried(flaky_server):
     flaky_server.failures = 0
     sampler = OpenAISampler(base_url=_url(flaky_server), model="missing", max_retries=3)
     with pytest.raises(SweetspotError, match="HTTP 404: model 'missing' not found"):
-        sampler.sample(PROMPTS)
-    assert flaky_server.count == 2  # one per prompt, no retries
+        sampler.sample(PROMPTS.iloc[:1])
+    # one prompt: one request, no retries. (With two prompts the second may or may not be
+    # sent before the first failure cancels it, so its count is not fixed.)
+    assert flaky_server.count == 1
 
 
 def test_openai_gives_up_with_the_url(flaky_server):
