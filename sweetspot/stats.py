@@ -43,20 +43,21 @@ class Interval:
 
 
 def per_prompt_mean(values: np.ndarray, prompt_ids: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    """Average ``values`` within each prompt; returns (prompt ids in first-seen order, means).
+    """Average ``values`` within each prompt; returns (prompt ids sorted as strings, means).
 
     Samples of one prompt are not independent observations; averaging them first makes the
-    prompt the bootstrap's unit.
+    prompt the bootstrap's unit. The sorted order makes the interval a function of the
+    (prompt, value) pairs alone: the same answers in another row order (another shard layout,
+    answers returned in length order) give the same interval.
     """
     values = np.asarray(values, dtype=float)
     ids = np.asarray(prompt_ids, dtype=object)
     if values.shape != ids.shape:
         raise ValueError(f"{values.shape[0]} values but {ids.shape[0]} prompt ids")
     uniq, first, inverse = np.unique(ids.astype(str), return_index=True, return_inverse=True)
-    order = np.argsort(first)
     sums = np.bincount(inverse, weights=values, minlength=len(uniq))
     counts = np.bincount(inverse, minlength=len(uniq))
-    return ids[first[order]], (sums / counts)[order]
+    return ids[first], sums / counts
 
 
 def bootstrap(

@@ -42,19 +42,29 @@ def test_reward_delta_matches_a_python_loop_with_samples_averaged_per_prompt() -
     ids, trained, reference = zip(*rows, strict=True)
     got = stats.reward_delta(np.array(trained), np.array(reference), list(ids),
                              resamples=2000, seed=7)
-    # per-prompt mean delta, in first-seen prompt order (the order the bootstrap indexes)
-    order, sums, counts = [], {}, {}
+    # per-prompt mean delta, prompts sorted by id (the order the bootstrap indexes)
+    sums, counts = {}, {}
     for p, t, r in rows:
-        if p not in sums:
-            order.append(p)
-            sums[p], counts[p] = 0.0, 0
-        sums[p] += t - r
-        counts[p] += 1
-    per_prompt = [sums[p] / counts[p] for p in order]
+        sums[p] = sums.get(p, 0.0) + (t - r)
+        counts[p] = counts.get(p, 0) + 1
+    per_prompt = [sums[p] / counts[p] for p in sorted(sums)]
     low, high = slow_bootstrap_mean(per_prompt, 2000, 7)
     assert got.estimate == pytest.approx(statistics.fmean(t - r for _, t, r in rows))
     assert got.low == pytest.approx(low, abs=1e-12) and got.high == pytest.approx(high, abs=1e-12)
     assert got.n == 23
+
+
+def test_the_interval_does_not_depend_on_row_order() -> None:
+    rnd = random.Random(4)
+    rows = [(f"q{i}", rnd.random(), rnd.random()) for i in range(30) for _ in range(2)]
+    intervals = []
+    for _ in range(3):
+        rnd.shuffle(rows)
+        ids, trained, reference = zip(*rows, strict=True)
+        got = stats.reward_delta(np.array(trained), np.array(reference), list(ids),
+                                 resamples=500, seed=2)
+        intervals.append((round(got.estimate, 12), got.low, got.high))
+    assert intervals[0] == intervals[1] == intervals[2]
 
 
 def test_chunked_draws_equal_one_big_draw(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,6 +172,7 @@ def test_arm_difference_averages_seeds_then_resamples_prompts() -> None:
     prompts, seeds = stats.arm_difference(a, b, ids, resamples=2000, seed=1)
     # independent: per-prompt differences averaged over seeds, resampled with the same draws
     d = np.mean([x - y for x, y in zip(a, b, strict=True)], axis=0)
+    d = d[sorted(range(40), key=lambda i: ids[i])]  # the bootstrap indexes prompts sorted by id
     draws = np.random.default_rng(1).integers(0, 40, size=(2000, 40))
     expected = np.percentile(d[draws].mean(axis=1), [2.5, 97.5])
     assert prompts.estimate == pytest.approx(d.mean())
