@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -191,6 +192,42 @@ def lightning_plugins(ranks: Ranks) -> list[Any]:
         return []
     env = launcher_environment()
     return [env] if env is not None else []
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else all of them."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+@contextmanager
+def engine_gpus(need: int, ranks: Ranks | None = None) -> Iterator[list[str]]:
+    """Start an engine that places itself by ``CUDA_VISIBLE_DEVICES`` (vLLM) on this rank's
+    block of ``need`` GPUs (:func:`rank_gpus`), then give the process its full view back.
+
+    Under torchrun every rank sees all of the node's GPUs, so without this each rank's engine
+    would load onto GPU 0. The variable is restored on exit because the same process later
+    trains with Lightning, which picks ``cuda:<local_rank>`` among all visible GPUs; vLLM's
+    engine core is a child process that keeps the view it was started with. A one-rank run is
+    left as it is."""
+    ranks = ranks or current()
+    if not ranks.many:
+        yield visible_gpus()
+        return
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = rank_gpus(visible_gpus(), ranks.local_rank, ranks.local_world, need)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    try:
+        yield gpus
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
 def rank_gpus(visible: list[str], local_rank: int, local_world: int, need: int) -> list[str]:

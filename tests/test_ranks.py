@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweetspot.distributed import SOLO, Ranks, launcher_environment, rank_gpus
+from sweetspot.distributed import SOLO, Ranks, engine_gpus, launcher_environment, rank_gpus
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
 WORKER = Path(__file__).parent / "ranks_worker.py"
@@ -52,6 +52,21 @@ def test_one_process_is_solo_and_rank_gpus_take_their_block() -> None:
     assert rank_gpus(node, 0, 1, 2) == node  # one rank: all it sees (gpu_groups checks counts)
     other = Ranks(rank=1, world=3)
     assert not other.main and other.many
+
+
+def test_an_engine_starts_on_its_ranks_gpus_and_the_view_comes_back(monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    second = Ranks(rank=1, world=2, local_rank=1, local_world=2)
+    with engine_gpus(2, second) as gpus:  # torchrun, 2 ranks on a 4-GPU node, TP 2
+        assert gpus == ["2", "3"] and os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"  # Lightning picks cuda:1 among all
+    with engine_gpus(2, SOLO) as gpus:  # one process: nothing changes
+        assert gpus == ["0", "1", "2", "3"] and os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(RuntimeError), engine_gpus(1, second):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == ""  # this CPU machine sees no GPU
+        raise RuntimeError("the engine failed to start")
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # unset again, even after an error
 
 
 @pytest.mark.slow

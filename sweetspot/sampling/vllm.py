@@ -39,7 +39,7 @@ from typing import Any
 import pandas as pd
 
 from sweetspot.data import as_messages, read_table, write_table
-from sweetspot.distributed import current, rank_gpus
+from sweetspot.distributed import current, rank_gpus, visible_gpus
 from sweetspot.errors import MissingExtraError, SweetspotError
 from sweetspot.sampling.base import RESPONSE_COLUMNS, Sampler
 from sweetspot.sampling.hf import _skipped_rows, prompt_seed
@@ -229,16 +229,6 @@ def split_overlong(lengths: list[int], limit: int, overlong: str) -> tuple[list[
     for k, length in enumerate(lengths):
         (skip if overlong == "skip" and length > limit else keep).append(k)
     return keep, skip
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else all of them."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip()]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def gpu_groups(visible: list[str], tensor_parallel: int, data_parallel: int) -> list[str]:

@@ -17,7 +17,9 @@ millions of responses. This adapter is thin on purpose:
   checked to belong to its request) are plain functions, tested without a GPU.
 
 API as of vLLM 0.11+ (``runner="pooling"`` replaced ``task="reward"/"classify"``; ``LLM.reward``
-was removed in favour of ``classify`` for sequence-level rewards). vLLM is imported only when the
+was removed in favour of ``classify`` for sequence-level rewards). In a job of several ranks, each
+rank's engine starts on its own block of ``tensor_parallel_size`` GPUs
+(``distributed.engine_gpus``). vLLM is imported only when the
 scorer first scores, with a clear message when it is missing. It needs a CUDA GPU.
 """
 
@@ -34,6 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from sweetspot.distributed import engine_gpus
 from sweetspot.errors import SweetspotError
 from sweetspot.scoring.reward_model import (
     RewardModelScorer,
@@ -146,7 +149,8 @@ class VLLMRewardScorer(RewardModelScorer):
         with hub_offline() if local else contextlib.nullcontext():
             self._check_config(path)
             self._tokenizer, self._template = self._load_tokenizer(path)
-            self._engine = LLM(**self.engine_args(path))
+            with engine_gpus(self.tensor_parallel_size):  # this rank's GPUs, not GPU 0
+                self._engine = LLM(**self.engine_args(path))
         return self._engine, self._tokenizer
 
     def score(self, responses: pd.DataFrame) -> pd.DataFrame:
