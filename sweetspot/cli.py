@@ -122,7 +122,9 @@ def run_hydra() -> None:
     Hydra prints composition errors itself and exits 1 unless HYDRA_FULL_ERROR=1, which lets
     the exception reach here: it is set while Hydra composes, and ``hydra_main`` puts the
     user's value back as the job starts, so errors of the job are reported as before. Other
-    composition errors (an unknown option) keep Hydra's message and exit status 1."""
+    composition errors (an unknown option, a malformed override) keep Hydra's message, which
+    lists the options, and exit 2 as well: every mistake on the command line exits 2, a job
+    that fails at run time exits 1."""
     user = os.environ.get(FULL_ERROR)
     _user_full_error.append(user)
     os.environ[FULL_ERROR] = "1"
@@ -144,7 +146,7 @@ def run_hydra() -> None:
         print(e, file=sys.stderr)  # as Hydra reports it
         if isinstance(cause, OmegaConfBaseException):
             print(cause, file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
     finally:
         restore_full_error()
 
