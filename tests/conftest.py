@@ -1,10 +1,14 @@
-"""Shared fixtures: a stage cache per test session, composing configs like the CLI does, and the
-tiny models (causal LM, reward model, word-level LM) that several modules build."""
+"""Shared fixtures: a stage cache per test session, composing configs like the CLI does, the
+tiny models (causal LM, reward model, word-level LM) that several modules build, and a flaky
+in-process OpenAI-compatible HTTP server (the ``openai`` sampler's and the judge's retries)."""
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +155,74 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory):
     from tests.llama_server import serve
 
     yield from serve(tmp_path_factory.mktemp("llama_server") / "server.log")
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """Answers 429 (with Retry-After: ``retry_after``) to the server's first ``failures``
+    requests, 404 to a model named ``missing``, then 200 with one choice per ``n``, echoing the
+    prompt and the seed; asked for logprobs, each choice carries the server's ``logprobs`` (the
+    chat layout's ``content`` list; default: three tokens of log-prob -0.5)."""
+
+    def do_POST(self):  # noqa: N802 (the http.server API)
+        length = int(self.headers["Content-Length"])
+        body = json.loads(self.rfile.read(length))
+        server = self.server
+        with server.lock:
+            server.count += 1
+            count = server.count
+            server.bodies.append(body)
+            server.auth.append(self.headers.get("Authorization"))
+        if self.path != "/v1/chat/completions":
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+        elif count <= server.failures:
+            self._send(429, {"error": {"message": "slow down"}},
+                       {"Retry-After": server.retry_after})
+        elif body.get("model") == "missing":
+            self._send(404, {"error": {"message": "model 'missing' not found"}})
+        else:
+            n = body.get("n", 1)
+            text = body["messages"][-1]["content"]
+            choices = [
+                {
+                    "index": k,
+                    "message": {"role": "assistant", "content": f"{text} #{body['seed']}/{k}"},
+                    "finish_reason": "stop",
+                    "logprobs": {"content": server.logprobs
+                                 or [{"token": "a", "logprob": -0.5}] * 3}
+                    if body.get("logprobs")
+                    else None,
+                }
+                for k in range(n)
+            ]
+            self._send(200, {"choices": choices, "usage": {"completion_tokens": 5 * n}})
+
+    def _send(self, status, obj, headers=None):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def flaky_server():
+    """A ``_Flaky`` server on a free local port (its ``/v1`` URL in ``server.url``); set
+    ``failures``, ``retry_after`` and ``logprobs`` on it; ``count``, ``bodies`` and ``auth``
+    record the requests."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    server.lock, server.count, server.failures = threading.Lock(), 0, 1
+    server.bodies, server.auth, server.retry_after = [], [], "0"
+    server.logprobs, server.url = None, f"http://127.0.0.1:{server.server_address[1]}/v1"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

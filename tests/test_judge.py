@@ -9,6 +9,7 @@ weak judges: these tests prove the mechanics, not the judgement.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import httpx
@@ -18,9 +19,10 @@ import pytest
 import torch
 
 from sweetspot.config import build_node
-from sweetspot.errors import ConfigError
+from sweetspot.errors import ConfigError, SweetspotError
 from sweetspot.models import TinyModelShape, build_tiny_model
 from sweetspot.scoring.judge import JudgeScorer, rating_distribution
+from sweetspot.stage_keys import key_node
 from tests.llama_server import NEEDS_LLAMA_CPP
 
 FRAME = pd.DataFrame({
@@ -70,6 +72,13 @@ def test_config_and_bad_templates(make_cfg) -> None:
     node = make_cfg("scorer=judge", "scorer.backend=openai").scorer
     with pytest.raises(ConfigError, match="base_url"):
         build_node(node, "scorer")
+    # how the server is called (retries, waits, threads) is not part of the score's cache key
+    server = ("scorer=judge", "scorer.backend=openai", "scorer.base_url=http://h:1/v1",
+              "scorer.model=m")
+    key = key_node(make_cfg(*server).scorer)
+    assert key == key_node(make_cfg(*server, "scorer.backoff_s=0", "scorer.max_backoff_s=2",
+                                    "scorer.max_retries=0", "scorer.timeout_s=5").scorer)
+    assert key != key_node(make_cfg(*server, "scorer.top_logprobs=5").scorer)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +135,54 @@ def test_unreadable_ratings_are_kept_as_nan_and_counted(judge_dir: Path) -> None
     assert len(result.scores) == 3 and result.scores["score/judge"].isna().all()
     assert result.stats["unreadable"] == 3
     assert (result.scores["judge/overall/mass"] > 0).all()  # read, but below min_mass
+
+
+def test_server_judge_waits_out_a_429_then_scores(flaky_server) -> None:
+    """The judge's server backend shares the ``openai`` sampler's client: a 429 is retried
+    after the server's Retry-After (backoff 0: the wait is the server's alone), never longer
+    than ``max_backoff_s``, then the answer's logprobs are scored."""
+    lp = math.log
+    flaky_server.failures, flaky_server.retry_after = 1, "0.3"
+    flaky_server.logprobs = [  # the rating position, then the token after it (unused: not "1")
+        {"token": "7", "logprob": lp(0.5), "top_logprobs": [
+            {"token": "7", "logprob": lp(0.5)}, {"token": "8", "logprob": lp(0.3)},
+            {"token": " 3", "logprob": lp(0.1)}, {"token": "Seven", "logprob": lp(0.1)}]},
+        {"token": ".", "logprob": lp(0.9), "top_logprobs": []}]
+    scorer = JudgeScorer(backend="openai", base_url=flaky_server.url, model="m", backoff_s=0.0,
+                         concurrency=1)
+    started = time.perf_counter()
+    got = scorer.run(FRAME.iloc[[0]]).scores
+    assert time.perf_counter() - started >= 0.3 and flaky_server.count == 2
+    # by hand: ratings 7, 8, 3 with mass 0.5, 0.3, 0.1 of a visible 0.9
+    assert got["score/judge"].iloc[0] == pytest.approx((7 * 0.5 + 8 * 0.3 + 3 * 0.1) / 0.9)
+    assert got["judge/overall/mass"].iloc[0] == pytest.approx(0.9)
+    assert got["judge/overall/entropy"].iloc[0] == pytest.approx(
+        -sum(p / 0.9 * math.log(p / 0.9) for p in (0.5, 0.3, 0.1)))
+    assert flaky_server.bodies[-1]["top_logprobs"] == 20
+    # a Retry-After of a minute is cut at max_backoff_s
+    flaky_server.count, flaky_server.retry_after = 0, "60"
+    scorer.max_backoff_s = 0.05
+    started = time.perf_counter()
+    again = scorer.run(FRAME.iloc[[0]]).scores
+    assert time.perf_counter() - started < 10 and flaky_server.count == 2
+    assert again["score/judge"].iloc[0] == got["score/judge"].iloc[0]
+
+
+def test_server_judge_does_not_retry_a_404_and_names_the_url(flaky_server) -> None:
+    flaky_server.failures = 0
+    scorer = JudgeScorer(backend="openai", base_url=flaky_server.url, model="missing",
+                         max_retries=3, backoff_s=0.0)
+    url = f"{flaky_server.url}/chat/completions"
+    with pytest.raises(SweetspotError, match="HTTP 404: model 'missing' not found") as info:
+        scorer.score(FRAME.iloc[[0]])
+    assert f"the judge server at {url} answered" in str(info.value) and flaky_server.count == 1
+    # a server that keeps answering 429: max_retries + 1 attempts, then an error naming it
+    flaky_server.failures, flaky_server.count = 10**6, 0
+    scorer.model, scorer.max_retries = "m", 1
+    with pytest.raises(SweetspotError, match="did not answer after 2 attempts") as info:
+        scorer.score(FRAME.iloc[[0]])
+    assert f"the judge server at {url}" in str(info.value) and "429" in str(info.value)
+    assert flaky_server.count == 2
 
 
 @pytest.mark.server

@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -485,71 +483,7 @@ def test_vllm_samples_smollm2_on_gpu(tmp_path):
     assert policy._model is None
 
 
-# -- openai: retries against a real local HTTP server ----------------------------------------
-
-
-class _Flaky(BaseHTTPRequestHandler):
-    """Answers 429 (with Retry-After: 0) to the server's first ``failures`` requests, then 200
-    with one choice per ``n``, echoing the prompt and the seed."""
-
-    def do_POST(self):  # noqa: N802 (the http.server API)
-        length = int(self.headers["Content-Length"])
-        body = json.loads(self.rfile.read(length))
-        server = self.server
-        with server.lock:
-            server.count += 1
-            count = server.count
-            server.bodies.append(body)
-            server.auth.append(self.headers.get("Authorization"))
-        if self.path != "/v1/chat/completions":
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-        elif count <= server.failures:
-            self._send(429, {"error": {"message": "slow down"}},
-                       {"Retry-After": server.retry_after})
-        elif body.get("model") == "missing":
-            self._send(404, {"error": {"message": "model 'missing' not found"}})
-        else:
-            n = body.get("n", 1)
-            text = body["messages"][-1]["content"]
-            choices = [
-                {
-                    "index": k,
-                    "message": {"role": "assistant", "content": f"{text} #{body['seed']}/{k}"},
-                    "finish_reason": "stop",
-                    "logprobs": {"content": [{"token": "a", "logprob": -0.5}] * 3}
-                    if body.get("logprobs")
-                    else None,
-                }
-                for k in range(n)
-            ]
-            self._send(200, {"choices": choices, "usage": {"completion_tokens": 5 * n}})
-
-    def _send(self, status, obj, headers=None):
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def flaky_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    server.lock, server.count, server.failures = threading.Lock(), 0, 1
-    server.bodies, server.auth, server.retry_after = [], [], "0"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+# -- openai: retries against a real local HTTP server (``flaky_server``, tests/conftest.py) ----
 
 
 def _url(server) -> str:

@@ -8,13 +8,13 @@ ignore ``n`` (llama.cpp's server, some hosted APIs), ``n`` requests of one choic
 seeds do not depend on the shard or on the order of the prompts; whether a server honours ``seed``
 is up to the server.
 
-At most ``concurrency`` requests are in flight (a thread pool over one connection pool). 429, 5xx,
-timeouts and connection errors are retried ``max_retries`` times (tenacity) with exponential backoff
-(``backoff_s * 2**attempt``, capped at ``max_backoff_s``; a ``Retry-After`` header wins when it is
-shorter than the cap); then a :class:`SweetspotError` names the URL. Other 4xx answers are not
-retried: their message is shown as the server sent it (``on_bad_request: skip`` turns a 400 into
-skipped rows, ``skip_reason = "bad_request"``, e.g. for a prompt longer than the server's
-context).
+HTTP is :class:`~sweetspot.sampling.openai_client.ChatClient`'s (shared with the judge's
+``openai`` backend): at most ``concurrency`` requests in flight; 429, 5xx, timeouts and connection
+errors retried ``max_retries`` times with exponential backoff (``backoff_s * 2**attempt``, capped
+at ``max_backoff_s``; a ``Retry-After`` header wins when it is shorter than the cap); then a
+:class:`SweetspotError` names the URL. Other 4xx answers are not retried: their message is shown
+as the server sent it (``on_bad_request: skip`` turns a 400 into skipped rows,
+``skip_reason = "bad_request"``, e.g. for a prompt longer than the server's context).
 
 The API key: ``api_key_env`` is the NAME of an environment variable; its value is read when a
 request is sent, put in the ``Authorization`` header, and never stored, logged or written.
@@ -29,48 +29,21 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 from sweetspot.data import as_messages
-from sweetspot.errors import ConfigError, SweetspotError
+from sweetspot.errors import SweetspotError
 from sweetspot.sampling.base import RESPONSE_COLUMNS, Sampler
 from sweetspot.sampling.hf import prompt_seed
+from sweetspot.sampling.openai_client import BadRequest, ChatClient, Post
 from sweetspot.validation import at_least, non_negative, one_of, positive, require
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 SEED_MODULUS = 2**31
-
-
-class _Retryable(Exception):
-    """An attempt that may succeed if tried again (429, 5xx, a timeout, a dropped connection);
-    ``retry_after`` is the server's ``Retry-After`` in seconds when it sent one."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        self.retry_after = retry_after
-        super().__init__(message)
-
-
-class BadRequest(SweetspotError):
-    """A 4xx answer other than 429: retrying would not help."""
-
-    def __init__(self, message: str, status: int):
-        self.status = status
-        super().__init__(message)
 
 
 @dataclass(kw_only=True)
@@ -136,7 +109,20 @@ class OpenAISampler(Sampler):
 
     @property
     def url(self) -> str:
-        return self.base_url.rstrip("/") + "/chat/completions"
+        return self.client().url
+
+    def client(self) -> ChatClient:
+        """The HTTP client of this config (retries, backoff, concurrency, the key's variable)."""
+        return ChatClient(
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            backoff_s=self.backoff_s,
+            max_backoff_s=self.max_backoff_s,
+            concurrency=self.concurrency,
+            url_field="sampler.base_url",
+        )
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -163,84 +149,6 @@ class OpenAISampler(Sampler):
                 body.update(self.extra_body)
             bodies.append(body)
         return bodies
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise ConfigError(
-                    "api_key_env", f"the environment variable {self.api_key_env} is not set"
-                )
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _post(self, client: Any, body: dict, stop: threading.Event) -> dict:
-        """POST with retries (tenacity: exponential backoff, ``Retry-After`` honoured up to the
-        cap, sleeping on ``stop`` so a failed sibling request cancels the wait); returns the
-        decoded JSON answer, or raises :class:`SweetspotError` naming the URL and the attempts."""
-        retrying = Retrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=self._delay,
-            retry=retry_if_exception_type(_Retryable),
-            sleep=stop.wait,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        try:
-            return retrying(self._attempt, client, body, stop)
-        except _Retryable as e:
-            raise SweetspotError(
-                f"the OpenAI-compatible server at {self.url} did not answer after "
-                f"{self.max_retries + 1} attempts (last: {e}); is it running, and is "
-                f"sampler.base_url right?"
-            ) from None
-
-    def _attempt(self, client: Any, body: dict, stop: threading.Event) -> dict:
-        """One POST: the JSON answer, :class:`_Retryable` when trying again may help, or
-        :class:`BadRequest` when it would not."""
-        import httpx
-
-        if stop.is_set():
-            raise SweetspotError("cancelled")
-        try:
-            resp = client.post(self.url, json=body, headers=self._headers())
-        except httpx.TransportError as e:  # connect/read errors and timeouts
-            raise _Retryable(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
-        if resp.status_code == 200:
-            try:
-                return resp.json()
-            except ValueError:
-                raise _Retryable(
-                    f"HTTP 200 with a body that is not JSON: {resp.text[:200]!r}"
-                ) from None
-        if resp.status_code in RETRY_STATUS:
-            raise _Retryable(
-                f"HTTP {resp.status_code}: {_server_message(resp)}",
-                _retry_after(resp.headers.get("retry-after")),
-            )
-        raise BadRequest(
-            f"{self.url} answered HTTP {resp.status_code}: {_server_message(resp)}",
-            resp.status_code,
-        )
-
-    def _delay(self, state: RetryCallState) -> float:
-        """Seconds before the next attempt: ``backoff_s * 2**attempt`` capped at
-        ``max_backoff_s``; a longer ``Retry-After`` raises it, never above the cap."""
-        delay = wait_exponential(multiplier=self.backoff_s, max=self.max_backoff_s)(state)
-        error = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(error, _Retryable) and error.retry_after is not None:
-            delay = min(max(delay, error.retry_after), self.max_backoff_s)
-        return delay
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        log.warning(
-            "openai sampler: %s (attempt %d/%d), retrying in %.1fs",
-            state.outcome.exception() if state.outcome is not None else "?",
-            state.attempt_number,
-            self.max_retries + 1,
-            state.upcoming_sleep,
-        )
 
     # -- answers -------------------------------------------------------------------------------
 
@@ -278,23 +186,15 @@ class OpenAISampler(Sampler):
         return rows
 
     def sample(self, prompts: pd.DataFrame, policy: Any = None) -> pd.DataFrame:
-        import httpx
-
         jobs = []
         for rec in prompts.itertuples(index=False):
             for i, body in enumerate(self.requests_for(rec.prompt_id, rec.prompt)):
                 jobs.append((rec.prompt_id, i * body["n"], body))
-        self._headers()  # a missing key fails before any request is sent
-        stop = threading.Event()
-        limits = httpx.Limits(
-            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
-        )
-        timeout = httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0))
 
-        def one(job: tuple[str, int, dict]) -> list[dict]:
+        def one(post: Post, job: tuple[str, int, dict]) -> list[dict]:
             pid, first, body = job
             try:
-                answer = self._post(client, body, stop)
+                answer = post(body)
             except BadRequest as e:
                 if self.on_bad_request == "skip" and e.status == 400:
                     log.warning("openai sampler: prompt %s skipped: %s", pid, e)
@@ -302,22 +202,7 @@ class OpenAISampler(Sampler):
                 raise
             return self.rows_from_answer(pid, first, answer)
 
-        results: dict[int, list[dict]] = {}
-        with (
-            httpx.Client(limits=limits, timeout=timeout) as client,
-            ThreadPoolExecutor(max_workers=self.concurrency) as pool,
-        ):
-            futures = {pool.submit(one, job): k for k, job in enumerate(jobs)}
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in done if f.exception() is not None]
-            if failed:
-                stop.set()
-                for f in pending:
-                    f.cancel()
-                raise failed[0].exception()
-            for f, k in futures.items():
-                results[k] = f.result()
-        rows = [row for k in range(len(jobs)) for row in results[k]]
+        rows = [row for part in self.client().map(one, jobs) for row in part]
         table = pd.DataFrame(rows, columns=list(RESPONSE_COLUMNS))
         table["num_tokens"] = table["num_tokens"].astype("Int64")
         table["logp"] = table["logp"].astype(float)
@@ -329,9 +214,6 @@ class OpenAISampler(Sampler):
         table, stats = super().run(prompts, policy, partial_dir)
         stats["num_tokens_unknown"] = int(pd.isna(table["num_tokens"]).sum()) if len(table) else 0
         return table, stats
-
-
-
 
 
 def _logprob_stats(logprobs: Any) -> tuple[int | None, float]:
@@ -362,25 +244,3 @@ def _skipped(prompt_id: str, first: int, count: int, reason: str) -> list[dict]:
         }
         for k in range(count)
     ]
-
-
-def _server_message(resp: Any) -> str:
-    try:
-        body = resp.json()
-    except ValueError:
-        return resp.text[:300] or resp.reason_phrase
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:300]
-        if isinstance(err, str):
-            return err[:300]
-    return str(body)[:300]
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None

@@ -25,7 +25,9 @@ Backends:
   * ``openai``: any OpenAI-compatible server (vLLM serve, SGLang, llama.cpp, a hosted API):
     ``POST {base_url}/chat/completions`` with ``logprobs: true, top_logprobs: k,
     max_tokens: 2, temperature: 0``; only the top ``k`` tokens are visible, so a rating outside
-    them has probability 0.
+    them has probability 0. Requests go through the ``openai`` sampler's client
+    (``sampling/openai_client.py``): the same retries, backoff cap, ``Retry-After`` and
+    cancellation of the other requests when one fails.
 
 Per response and aspect it keeps the rating distribution's mean (``<name>/<aspect>/mean``), its
 entropy in nats (``/entropy``), the most probable rating (``/rating``: what the judge would
@@ -45,10 +47,7 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
-import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -59,6 +58,7 @@ import torch
 
 from sweetspot.errors import ConfigError, DataError, SweetspotError
 from sweetspot.models import DTYPES
+from sweetspot.sampling.openai_client import BadRequest, ChatClient, Post
 from sweetspot.scoring.base import Scorer
 from sweetspot.scoring.reward_model import (
     SCORER_DTYPES,
@@ -69,7 +69,7 @@ from sweetspot.scoring.reward_model import (
     require_columns,
     resolve_device,
 )
-from sweetspot.validation import at_least, one_of, require
+from sweetspot.validation import at_least, non_negative, one_of, positive, require
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +161,14 @@ class JudgeScorer(Scorer):
       min_mass: a rating whose valid tokens had less probability than this is unreadable.
       max_length: rendered prompts longer than this many tokens keep their last ones (``hf``;
         counted in ``truncated``).
-      batch_size, dtype, device (``hf``), concurrency, timeout_s, max_retries (``openai``),
-      shard_prompts: how the work is done, not the scores.
+      batch_size, dtype, device (``hf``), concurrency, timeout_s, max_retries, backoff_s,
+      max_backoff_s (``openai``: as the ``openai`` sampler's), shard_prompts: how the work is
+      done, not the scores.
     """
 
     EXECUTION_ONLY: ClassVar[tuple[str, ...]] = (
-        "batch_size", "device", "concurrency", "timeout_s", "max_retries", "shard_prompts")
+        "batch_size", "device", "concurrency", "timeout_s", "max_retries", "backoff_s",
+        "max_backoff_s", "shard_prompts")
     STAT_WEIGHTS: ClassVar[dict[str, str]] = {"mean_mass": "judgements"}
 
     name: str = "judge"
@@ -189,6 +191,8 @@ class JudgeScorer(Scorer):
     concurrency: int = 4
     timeout_s: float = 120.0
     max_retries: int = 3
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
     shard_prompts: int = 16
 
     def __post_init__(self) -> None:
@@ -218,6 +222,9 @@ class JudgeScorer(Scorer):
         check_device("device", self.device)
         at_least("concurrency", self.concurrency, 1)
         at_least("max_retries", self.max_retries, 0)
+        positive("timeout_s", self.timeout_s)
+        non_negative("backoff_s", self.backoff_s)
+        non_negative("max_backoff_s", self.max_backoff_s)
         at_least("shard_prompts", self.shard_prompts, 1)
         self.last_stats: dict = {}
         self._model: Any = None
@@ -415,37 +422,20 @@ class JudgeScorer(Scorer):
 
     def _judge_openai(self, chats: list[list[dict[str, str]]]
                       ) -> list[tuple[dict[str, float], dict[str, float] | None, bool]]:
-        import httpx
+        client = ChatClient(
+            base_url=str(self.base_url), api_key_env=self.api_key_env, timeout_s=self.timeout_s,
+            max_retries=self.max_retries, backoff_s=self.backoff_s,
+            max_backoff_s=self.max_backoff_s, concurrency=self.concurrency,
+            server="the judge server", url_field="scorer.base_url")
 
-        url = str(self.base_url).rstrip("/") + "/chat/completions"
-        headers = {}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise ConfigError("api_key_env",
-                                  f"the environment variable {self.api_key_env} is not set")
-            headers["Authorization"] = f"Bearer {key}"
+        def one(post: Post, chat: list[dict[str, str]]) -> tuple[dict, dict | None, bool]:
+            try:
+                answer = post(self.request_body(chat))
+            except BadRequest as err:  # "<url> answered HTTP 4xx: ...", said of the judge
+                raise BadRequest(f"the judge server at {err}", err.status) from None
+            return (*self.parse_response(answer), False)
 
-        def one(client: Any, chat: list[dict[str, str]]) -> tuple[dict, dict | None, bool]:
-            last = ""
-            for attempt in range(self.max_retries + 1):
-                try:
-                    resp = client.post(url, json=self.request_body(chat), headers=headers)
-                except httpx.TransportError as err:
-                    last = f"{type(err).__name__}: {err}"
-                else:
-                    if resp.status_code == 200:
-                        return (*self.parse_response(resp.json()), False)
-                    last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                    if resp.status_code not in (408, 429, 500, 502, 503, 504):
-                        break
-                if attempt < self.max_retries:
-                    time.sleep(min(2.0 ** attempt, 30.0))
-            raise SweetspotError(f"the judge server at {url} did not answer ({last})")
-
-        with httpx.Client(timeout=self.timeout_s) as client, \
-                ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda chat: one(client, chat), chats))
+        return client.map(one, chats)
 
 
 def check_rows(responses: pd.DataFrame) -> None:
