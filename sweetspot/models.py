@@ -9,6 +9,7 @@ what the tests use) and ``hf`` (any local folder or hub id a user names).
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -21,12 +22,25 @@ from typing import Any
 
 import torch
 from filelock import FileLock
+from packaging.version import Version
 
 from sweetspot.cache import fingerprint
 from sweetspot.errors import ConfigError, SweetspotError
 from sweetspot.validation import at_least, one_of, positive
 
 log = logging.getLogger(__name__)
+
+# transformers 5.24 renamed the key/value cache of a forward call, argument and output, from
+# ``past_key_values`` to ``cache``; the old name warns on every call and goes in 5.40. The code
+# that drives the cache by hand (the HF sampler's decode loop, the prefix layout's shared
+# prompt) uses whichever name the installed version has.
+CACHE_ARG = ("cache" if Version(importlib.metadata.version("transformers")) >= Version("5.24")
+             else "past_key_values")
+
+
+def kv_cache(output: Any) -> Any:
+    """The key/value cache a forward call with ``use_cache=True`` returned."""
+    return getattr(output, CACHE_ARG)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from sweetspot.data import as_messages
-from sweetspot.models import context_length
+from sweetspot.models import CACHE_ARG, context_length, kv_cache
 from sweetspot.sampling.base import Sampler
 from sweetspot.validation import at_least, non_negative, one_of, require
 
@@ -149,7 +149,7 @@ class GenerationSettings:
             use_cache=True,
             logits_to_keep=1,
         )
-        cache = out.past_key_values
+        cache = kv_cache(out)
         cache.batch_repeat_interleave(n)
         logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
         mask = mask.repeat_interleave(n, dim=0)
@@ -195,10 +195,10 @@ class GenerationSettings:
                 input_ids=choice[:, None],
                 attention_mask=mask,
                 position_ids=next_pos,
-                past_key_values=cache,
                 use_cache=True,
+                **{CACHE_ARG: cache},
             )
-            cache, next_pos = out.past_key_values, next_pos + 1
+            cache, next_pos = kv_cache(out), next_pos + 1
             logits = out.logits[:, -1].float()
         return done
 

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from sweetspot.models import CACHE_ARG, kv_cache
+
 # Above this many logits (scored tokens x vocabulary; 2**28 fp32 = 1 GiB) the head is chunked.
 HEAD_CHUNK_ELEMENTS = 1 << 28
 # Attention implementations that take a custom 4D mask (bool for sdpa, additive for eager).
@@ -202,15 +204,15 @@ def prefix_completion_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch
     through the cached keys and values."""
     backbone, head = _backbone_and_head(model)
     prompt = backbone(input_ids=batch["prompt_ids"], use_cache=True)
-    cache = prompt.past_key_values
+    cache = kv_cache(prompt)
     pairs = batch["prompt_ids"].shape[0]
     cache.batch_select_indices(torch.arange(pairs, device=batch["prompt_ids"].device).repeat(2))
     hidden = backbone(
         input_ids=batch["completion_ids"],
         attention_mask=batch["completion_attention"],
         position_ids=batch["position_ids"],
-        past_key_values=cache,
         use_cache=True,
+        **{CACHE_ARG: cache},
     ).last_hidden_state
     states = torch.cat(
         [
