@@ -8,8 +8,8 @@ weak judges: these tests prove the mechanics, not the judgement.
 
 from __future__ import annotations
 
+import logging
 import math
-import time
 from pathlib import Path
 
 import httpx
@@ -137,7 +137,7 @@ def test_unreadable_ratings_are_kept_as_nan_and_counted(judge_dir: Path) -> None
     assert (result.scores["judge/overall/mass"] > 0).all()  # read, but below min_mass
 
 
-def test_server_judge_waits_out_a_429_then_scores(flaky_server) -> None:
+def test_server_judge_waits_out_a_429_then_scores(flaky_server, caplog) -> None:
     """The judge's server backend shares the ``openai`` sampler's client: a 429 is retried
     after the server's Retry-After (backoff 0: the wait is the server's alone), never longer
     than ``max_backoff_s``, then the answer's logprobs are scored."""
@@ -150,9 +150,10 @@ def test_server_judge_waits_out_a_429_then_scores(flaky_server) -> None:
         {"token": ".", "logprob": lp(0.9), "top_logprobs": []}]
     scorer = JudgeScorer(backend="openai", base_url=flaky_server.url, model="m", backoff_s=0.0,
                          concurrency=1)
-    started = time.perf_counter()
+    caplog.set_level(logging.WARNING, logger="sweetspot.sampling.openai_client")
     got = scorer.run(FRAME.iloc[[0]]).scores
-    assert time.perf_counter() - started >= 0.3 and flaky_server.count == 2
+    waits = [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records]  # what tenacity slept
+    assert waits == ["0.3s"] and flaky_server.count == 2
     # by hand: ratings 7, 8, 3 with mass 0.5, 0.3, 0.1 of a visible 0.9
     assert got["score/judge"].iloc[0] == pytest.approx((7 * 0.5 + 8 * 0.3 + 3 * 0.1) / 0.9)
     assert got["judge/overall/mass"].iloc[0] == pytest.approx(0.9)
@@ -161,10 +162,11 @@ def test_server_judge_waits_out_a_429_then_scores(flaky_server) -> None:
     assert flaky_server.bodies[-1]["top_logprobs"] == 20
     # a Retry-After of a minute is cut at max_backoff_s
     flaky_server.count, flaky_server.retry_after = 0, "60"
-    scorer.max_backoff_s = 0.05
-    started = time.perf_counter()
+    scorer.max_backoff_s = 0.1
+    caplog.clear()
     again = scorer.run(FRAME.iloc[[0]]).scores
-    assert time.perf_counter() - started < 10 and flaky_server.count == 2
+    waits = [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records]
+    assert waits == ["0.1s"] and flaky_server.count == 2
     assert again["score/judge"].iloc[0] == got["score/judge"].iloc[0]
 
 

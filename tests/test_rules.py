@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import math
-import time
 
 import pandas as pd
 import pytest
@@ -218,10 +217,12 @@ def test_config_validation_and_yaml_matches_fields(make_cfg):
         assert error.value.field == f"scorer.{key}"
 
 
-def test_ten_thousand_responses_are_fast():
+def test_ten_thousand_responses_score_like_their_first_copy():
+    """Scoring is per row: 1,700 copies of a frame score as the frame does (its speed is
+    measured in benchmarks/, not asserted here)."""
     frame = pd.concat([_frame()] * 1700, ignore_index=True)
     scorer = RulesScorer()
-    start = time.perf_counter()
     out = scorer.score(frame)
-    assert time.perf_counter() - start < 2.0
+    once = scorer.score(_frame())["score/rules"].to_numpy()
     assert len(out) == len(frame) and out["score/rules"].between(0, 1).all()
+    assert (out["score/rules"].to_numpy().reshape(1700, -1) == once).all()
