@@ -1,6 +1,7 @@
 """The position grid as one table: each pair's trained reward against the reference, and
 against max/mu-2sigma on the same prompts (`stats.arm_difference`, one seed: prompts only).
-Usage: python docs/results/position_grid/grid_table.py GRID_SWEEP_DIR SCALING_ALL_DIR
+Usage: python docs/results/position_grid/grid_table.py GRID_SWEEP_DIR... SCALING_ALL_DIR
+(several grid sweep folders when the grid was run in parts)
 max/min and max/mu-2sigma come from the scaling study's N = 16, seed 0 jobs
 (check_shared_cells.py shows they are the same pairs)."""
 
@@ -13,7 +14,7 @@ import yaml
 
 from sweetspot.stats import arm_difference
 
-grid_dir, scaling_dir = Path(sys.argv[1]), Path(sys.argv[2])
+*grid_dirs, scaling_dir = [Path(a) for a in sys.argv[1:]]
 
 
 def overrides(job: Path) -> dict[str, str]:
@@ -22,7 +23,7 @@ def overrides(job: Path) -> dict[str, str]:
 
 
 jobs: dict[str, Path] = {}
-for job in sorted(p for p in grid_dir.iterdir() if (p / ".hydra").is_dir()):
+for job in sorted(p for d in grid_dirs for p in d.iterdir() if (p / ".hydra").is_dir()):
     if (job / "metrics.json").exists():
         jobs[overrides(job)["selection.pair"]] = job
 for job in sorted(p for p in scaling_dir.iterdir() if (p / ".hydra").is_dir()):
