@@ -1,8 +1,9 @@
 """The influence study's table: each arm against the reference, and each pair of arms, on the
 same 120 held-out prompts. Both intervals come from ``sweetspot.stats.arm_difference``: a
 paired bootstrap over prompts of the seed-averaged difference, and a t interval over the
-training seeds that both arms have. Reads the job folders of the sweep (run.sh's OUT).
-Usage: python docs/results/influence/compare_bands.py multirun/influence"""
+training seeds that both arms have. Reads the job folders of the sweep (run.sh's OUT; several
+folders when the seeds ran as separate sweeps).
+Usage: python docs/results/influence/compare_bands.py multirun/influence [multirun/influence_s12]"""
 
 import sys
 from collections import defaultdict
@@ -15,11 +16,11 @@ import yaml
 
 from sweetspot.stats import arm_difference
 
-root = Path(sys.argv[1] if len(sys.argv) > 1 else "multirun/influence")
+roots = [Path(a) for a in sys.argv[1:]] or [Path("multirun/influence")]
 rewards: dict[str, dict[int, pd.Series]] = defaultdict(dict)
 reference: pd.Series | None = None
 pairs: dict[str, dict[int, pd.DataFrame]] = defaultdict(dict)
-for job in sorted(p for p in root.iterdir() if p.is_dir()):
+for job in sorted(p for root in roots for p in root.iterdir() if p.is_dir()):
     if not (job / "eval.parquet").exists():
         continue
     listed = yaml.safe_load((job / ".hydra/overrides.yaml").read_text())
@@ -44,7 +45,7 @@ def compare(a: dict[int, pd.Series], b: dict[int, pd.Series] | pd.Series) -> str
 
 
 if reference is None:
-    sys.exit(f"no finished job under {root}")
+    sys.exit(f"no finished job under {', '.join(map(str, roots))}")
 arms = [b for b in ("medium", "top", "random") if b in rewards]
 print(f"reference mean reward on {len(reference)} held-out prompts: {reference.mean():.3f}\n")
 print("| arm | pairs | mean TIF of its pairs | seeds | trained - reference | 95% CI, prompts |"
