@@ -64,9 +64,9 @@ class BadRequest(SweetspotError):
 
 @dataclass(frozen=True, kw_only=True)
 class ChatClient:
-    """The module docstring's client. ``server`` and ``url_field`` only word the error after
-    the last attempt ("<server> at <url> did not answer ...; is <url_field> right?"), so it
-    points at the config that needs fixing."""
+    """The module docstring's client. ``server`` and ``url_field`` only word the errors
+    ("<server> at <url> answered HTTP 404: ...", "<server> at <url> did not answer ...; is
+    <url_field> right?"), so they say which server failed and which setting to check."""
 
     base_url: str
     api_key_env: str | None = None
@@ -168,7 +168,8 @@ class ChatClient:
                 _retry_after(resp.headers.get("retry-after")),
             )
         raise BadRequest(
-            f"{self.url} answered HTTP {resp.status_code}: {_server_message(resp)}",
+            f"{self.server} at {self.url} answered HTTP {resp.status_code}: "
+            f"{_server_message(resp)}",
             resp.status_code,
         )
 

@@ -58,7 +58,7 @@ import torch
 
 from sweetspot.errors import ConfigError, DataError, SweetspotError
 from sweetspot.models import DTYPES
-from sweetspot.sampling.openai_client import BadRequest, ChatClient, Post
+from sweetspot.sampling.openai_client import ChatClient, Post
 from sweetspot.scoring.base import Scorer
 from sweetspot.scoring.reward_model import (
     SCORER_DTYPES,
@@ -429,11 +429,7 @@ class JudgeScorer(Scorer):
             server="the judge server", url_field="scorer.base_url")
 
         def one(post: Post, chat: list[dict[str, str]]) -> tuple[dict, dict | None, bool]:
-            try:
-                answer = post(self.request_body(chat))
-            except BadRequest as err:  # "<url> answered HTTP 4xx: ...", said of the judge
-                raise BadRequest(f"the judge server at {err}", err.status) from None
-            return (*self.parse_response(answer), False)
+            return (*self.parse_response(post(self.request_body(chat))), False)
 
         return client.map(one, chats)
 
