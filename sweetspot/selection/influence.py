@@ -8,8 +8,8 @@ its truncated version (TIF) fixes that, and pairs of medium influence train bett
 the top ones. Two cheap scores, LossDiff and IRM, correlate positively with TIF with different
 errors, and their combination selects best (50-64% of the data). The paper's body and its code
 (tmlr-group/TIF_LossDiff-IRM) could not be read from this project's machines, so the formulas
-below are this module's own, chosen to match those facts; ``../shared/RESEARCH.md`` says which
-parts are the paper's and which are ours.
+below are this module's own, chosen to match those facts: the paragraph above is the paper's,
+everything below is ours (``../shared/RESEARCH.md`` section 8 has the paper's claims only).
 
 Definitions (theta_0: the run's model with fresh LoRA adapters, B = 0, so pi_0 = pi_ref; every
 gradient is over the LoRA parameters; l(z) the sigmoid DPO loss of pair z with ``beta``):
