@@ -134,14 +134,8 @@ class GenerationSettings:
     ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward over the left-padded prompts; returns its KV cache, last logits,
         attention mask and next position ids, each repeated N times (row = prompt * N + k)."""
-        n, width = self.n, max(len(ids) for _, ids in batch)
-        input_ids = torch.tensor(
-            [[pad] * (width - len(ids)) + ids for _, ids in batch], device=device
-        )
-        mask = torch.tensor(
-            [[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=device
-        )
-        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        n = self.n
+        input_ids, mask, position = left_padded([ids for _, ids in batch], pad, device)
         out = model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -248,6 +242,19 @@ class HFSampler(GenerationSettings, Sampler):
 
     def sample(self, prompts: pd.DataFrame, policy: Any) -> pd.DataFrame:
         return self.generate(prompts, policy)
+
+
+def left_padded(
+    sequences: list[list[int]], pad: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids padded on the left, their attention mask and position ids: every row's last
+    position is its last token, so one forward gives each row's next-token logits at -1."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.tensor([[pad] * (width - len(seq)) + seq for seq in sequences], device=device)
+    mask = torch.tensor(
+        [[0] * (width - len(seq)) + [1] * len(seq) for seq in sequences], device=device
+    )
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def draw(

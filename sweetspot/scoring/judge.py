@@ -58,6 +58,7 @@ import torch
 
 from sweetspot.errors import ConfigError, DataError, SweetspotError
 from sweetspot.models import DTYPES
+from sweetspot.sampling.hf import left_padded
 from sweetspot.sampling.openai_client import ChatClient, Post
 from sweetspot.scoring.base import Scorer
 from sweetspot.scoring.reward_model import (
@@ -353,15 +354,9 @@ class JudgeScorer(Scorer):
         """log P(next token) after each sequence, restricted to the candidate ids: [B, K]."""
         model, tok = self._model, self._tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):  # left padding: the last position is the next
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
-        position = (mask.cumsum(1) - 1).clamp(min=0)
-        logits = model(input_ids=ids.to(self._device), attention_mask=mask.to(self._device),
-                       position_ids=position.to(self._device)).logits[:, -1].float()
+        ids, mask, position = left_padded(sequences, pad, self._device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position).logits[:, -1]
+        logits = logits.float()
         return torch.log_softmax(logits, dim=-1)[:, self._rating_ids].cpu()
 
     def _judge_hf(self, chats: list[list[dict[str, str]]]
