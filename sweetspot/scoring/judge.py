@@ -335,9 +335,7 @@ class JudgeScorer(Scorer):
         for text in [str(r) for r in range(self.low, self.high + 1)] + list(DIGITS):
             for spelled in (text, " " + text):
                 encoded = tok.encode(spelled, add_special_tokens=False)
-                if len(encoded) == 1:
-                    ids.add(encoded[0])
-                elif encoded:
+                if encoded:
                     ids.add(encoded[0])
         return sorted(ids)
 
