@@ -79,6 +79,11 @@ def test_config_and_bad_templates(make_cfg) -> None:
     assert key == key_node(make_cfg(*server, "scorer.backoff_s=0", "scorer.max_backoff_s=2",
                                     "scorer.max_retries=0", "scorer.timeout_s=5").scorer)
     assert key != key_node(make_cfg(*server, "scorer.top_logprobs=5").scorer)
+    # the client's settings are checked as the openai sampler's are, at validation
+    for bad, field in (("timeout_s=0", "timeout_s"), ("backoff_s=-1", "backoff_s"),
+                       ("max_backoff_s=-1", "max_backoff_s"), ("concurrency=0", "concurrency")):
+        with pytest.raises(ConfigError, match=field):
+            build_node(make_cfg(*server, f"scorer.{bad}").scorer, "scorer")
 
 
 @pytest.fixture(scope="module")

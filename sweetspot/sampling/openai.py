@@ -38,8 +38,8 @@ from sweetspot.data import as_messages
 from sweetspot.errors import SweetspotError
 from sweetspot.sampling.base import RESPONSE_COLUMNS, Sampler
 from sweetspot.sampling.hf import prompt_seed
-from sweetspot.sampling.openai_client import BadRequest, ChatClient, Post
-from sweetspot.validation import at_least, non_negative, one_of, positive, require
+from sweetspot.sampling.openai_client import BadRequest, ChatClient, Post, check_settings
+from sweetspot.validation import at_least, non_negative, one_of, require
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,8 @@ class OpenAISampler(Sampler):
         non_negative("temperature", self.temperature)
         require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         at_least("max_new_tokens", self.max_new_tokens, 1)
-        at_least("concurrency", self.concurrency, 1)
-        at_least("max_retries", self.max_retries, 0)
-        non_negative("backoff_s", self.backoff_s)
-        non_negative("max_backoff_s", self.max_backoff_s)
-        positive("timeout_s", self.timeout_s)
+        check_settings(self.concurrency, self.max_retries, self.timeout_s, self.backoff_s,
+                       self.max_backoff_s)
         one_of("on_bad_request", self.on_bad_request, ("raise", "skip"))
         if self.api_key_env is not None:
             require(

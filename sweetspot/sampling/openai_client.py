@@ -35,6 +35,7 @@ from tenacity import (
 )
 
 from sweetspot.errors import ConfigError, SweetspotError
+from sweetspot.validation import at_least, non_negative, positive
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,17 @@ class BadRequest(SweetspotError):
     def __init__(self, message: str, status: int):
         self.status = status
         super().__init__(message)
+
+
+def check_settings(concurrency: int, max_retries: int, timeout_s: float, backoff_s: float,
+                   max_backoff_s: float) -> None:
+    """The checks of the client's settings, for the configs that carry them (the ``openai``
+    sampler, the judge's server backend), so a bad value fails at validation, before any work."""
+    at_least("concurrency", concurrency, 1)
+    at_least("max_retries", max_retries, 0)
+    positive("timeout_s", timeout_s)
+    non_negative("backoff_s", backoff_s)
+    non_negative("max_backoff_s", max_backoff_s)
 
 
 @dataclass(frozen=True, kw_only=True)

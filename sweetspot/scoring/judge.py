@@ -59,7 +59,7 @@ import torch
 from sweetspot.errors import ConfigError, DataError, SweetspotError
 from sweetspot.models import DTYPES
 from sweetspot.sampling.hf import left_padded
-from sweetspot.sampling.openai_client import ChatClient, Post
+from sweetspot.sampling.openai_client import ChatClient, Post, check_settings
 from sweetspot.scoring.base import Scorer
 from sweetspot.scoring.reward_model import (
     SCORER_DTYPES,
@@ -70,7 +70,7 @@ from sweetspot.scoring.reward_model import (
     require_columns,
     resolve_device,
 )
-from sweetspot.validation import at_least, non_negative, one_of, positive, require
+from sweetspot.validation import at_least, one_of, require
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +221,8 @@ class JudgeScorer(Scorer):
         at_least("batch_size", self.batch_size, 1)
         one_of("dtype", self.dtype, SCORER_DTYPES)
         check_device("device", self.device)
-        at_least("concurrency", self.concurrency, 1)
-        at_least("max_retries", self.max_retries, 0)
-        positive("timeout_s", self.timeout_s)
-        non_negative("backoff_s", self.backoff_s)
-        non_negative("max_backoff_s", self.max_backoff_s)
+        check_settings(self.concurrency, self.max_retries, self.timeout_s, self.backoff_s,
+                       self.max_backoff_s)
         at_least("shard_prompts", self.shard_prompts, 1)
         self.last_stats: dict = {}
         self._model: Any = None
